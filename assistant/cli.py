@@ -1,0 +1,199 @@
+"""The `protege` command line.
+
+    protege sandbox build --size demo        # build (or reuse) the offline sandbox
+    protege serve                            # API + engine on serving.host:port
+    protege ingest docs/                     # add documents
+    protege train --now                      # one nightly cycle now
+    protege eval --qa Q.jsonl --ifeval I.jsonl --adapter current --json
+    protege adapters list|promote V|rollback
+    protege schedule                         # run cycles on the configured cron
+    protege demo                             # the whole loop on the sandbox
+
+Global: `--config PROFILE` (a name in configs/ or a YAML path; default $PROTEGE_CONFIG or sandbox).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from knowledge.errors import ProtegeError
+from knowledge.settings import Settings, load_settings
+
+
+def _sandbox_build(settings: Settings, args: argparse.Namespace) -> int:
+    from learner.sandbox.build import build_sandbox
+
+    size = args.size or settings.sandbox.size
+    seed = settings.sandbox.seed if args.seed is None else args.seed
+    manifest = build_sandbox(settings.sandbox_dir, size, seed, teacher=args.teacher, force=args.force,
+                             progress=not args.json)
+    if args.json:
+        print(manifest.model_dump_json(indent=2))
+    else:
+        print(f"sandbox {size} (seed {seed}) ready at {manifest.root}")
+        print(f"  student: {manifest.student_dir}")
+        print(f"  teacher: {manifest.teacher_dir or '(not built; --teacher builds it)'}")
+        for day in manifest.days:
+            print(f"  {day.name}: {day.documents_dir}  qa={day.qa_file.name}  ifeval={day.ifeval_file.name}")
+    return 0
+
+
+def _serve(settings: Settings, args: argparse.Namespace) -> int:
+    from assistant.server import serve
+
+    serve(settings)
+    return 0
+
+
+def _ingest(settings: Settings, args: argparse.Namespace) -> int:
+    from knowledge.store import KnowledgeStore
+    from learner.modeling import load_tokenizer, resolve_model_ref
+
+    tokenizer = load_tokenizer(resolve_model_ref(settings, settings.models.student))
+    store = KnowledgeStore(settings, count_tokens=lambda s: len(tokenizer.encode(s, add_special_tokens=False)))
+    results = store.ingest_paths([Path(p) for p in args.paths], uploaded_by=args.user)
+    new = sum(r.created for r in results)
+    print(f"ingested {len(results)} document(s): {new} new, {len(results) - new} already known")
+    return 0
+
+
+def _train(settings: Settings, args: argparse.Namespace) -> int:
+    from learner.pipeline import run_cycle
+
+    if not args.now:
+        print("nothing to do: `protege train --now` runs a cycle now; `protege schedule` runs them nightly")
+        return 2
+    result = run_cycle(settings, trigger="manual", notify=not args.no_notify)
+    print(json.dumps({"run": result.run_id, "status": result.status, "message": result.message,
+                      "version": result.version, "promoted": result.promoted,
+                      "before": result.before, "after": result.after, "seconds": result.seconds}, indent=2))
+    return 0 if result.status in {"succeeded", "skipped"} else 1
+
+
+def _eval(settings: Settings, args: argparse.Namespace) -> int:
+    from learner.evals.evaluate import evaluate_model
+    from learner.loading import load_student
+
+    model, tokenizer, version = load_student(settings, args.adapter)
+    scores = evaluate_model(model, tokenizer, qa_file=args.qa, ifeval_file=args.ifeval,
+                            max_new_tokens=settings.learner.eval.max_new_tokens,
+                            batch_size=settings.learner.eval.batch_size, limit=args.limit,
+                            progress=not args.json)
+    scores["adapter"] = version
+    if args.json:
+        print(json.dumps(scores))
+    else:
+        for key, value in scores.items():
+            print(f"{key:>16}: {value}")
+    return 0
+
+
+def _adapters(settings: Settings, args: argparse.Namespace) -> int:
+    from learner.registry import Registry
+
+    registry = Registry(settings)
+    if args.action == "promote":
+        registry.promote(args.version, actor="cli")
+        print(f"promoted {args.version}")
+    elif args.action == "rollback":
+        print(f"rolled back; now serving {registry.rollback(actor='cli')}")
+    served = registry.served_version()
+    print(f"{'version':8} {'status':9} {'qa':>6} {'ifeval':>7} {'parent':8} created")
+    for row in registry.list():
+        m = json.loads(row.metrics_json)
+        mark = " *" if row.version == served else ""
+        print(f"{row.version:8} {row.status:9} {m.get('qa_closed_book', float('nan')):6.3f} "
+              f"{m.get('ifeval_strict', float('nan')):7.3f} {row.parent_version or '-':8} "
+              f"{row.created_at:%Y-%m-%d %H:%M}{mark}")
+    print(f"served: {served}")
+    return 0
+
+
+def _schedule(settings: Settings, args: argparse.Namespace) -> int:
+    from learner.scheduler import build_scheduler
+
+    scheduler = build_scheduler(settings, blocking=True)
+    print(f"protege scheduler: cron {settings.schedule.cron!r} ({settings.schedule.timezone}); Ctrl-C stops")
+    try:
+        scheduler.start()
+    except (KeyboardInterrupt, SystemExit):
+        pass
+    return 0
+
+
+def _demo(settings: Settings, args: argparse.Namespace) -> int:
+    from assistant.demo import run_demo
+
+    return run_demo(settings, keep_serving=not args.no_wait)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="protege", description="A company assistant that keeps learning.")
+    parser.add_argument("--config", help="profile name in configs/ or a YAML path")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    sandbox = sub.add_parser("sandbox", help="the offline sandbox company and models")
+    sandbox_sub = sandbox.add_subparsers(dest="action", required=True)
+    build = sandbox_sub.add_parser("build", help="build (or reuse) the sandbox")
+    build.add_argument("--size", choices=["test", "demo"])
+    build.add_argument("--seed", type=int)
+    build.add_argument("--teacher", action="store_true", help="also build the larger teacher")
+    build.add_argument("--force", action="store_true", help="rebuild even if built")
+    build.add_argument("--json", action="store_true", help="print the manifest as JSON")
+    build.set_defaults(func=_sandbox_build)
+
+    sub.add_parser("serve", help="start the API server").set_defaults(func=_serve)
+
+    ingest = sub.add_parser("ingest", help="add documents (files or folders)")
+    ingest.add_argument("paths", nargs="+")
+    ingest.add_argument("--user", default="cli")
+    ingest.set_defaults(func=_ingest)
+
+    train = sub.add_parser("train", help="run a training cycle")
+    train.add_argument("--now", action="store_true", help="run one cycle now")
+    train.add_argument("--no-notify", action="store_true", help="do not notify the running server")
+    train.set_defaults(func=_train)
+
+    ev = sub.add_parser("eval", help="evaluate the student with an adapter")
+    ev.add_argument("--qa", type=Path, help="closed-book QA JSONL")
+    ev.add_argument("--ifeval", type=Path, help="IFEval JSONL")
+    ev.add_argument("--adapter", default="current", help="base | current | VERSION")
+    ev.add_argument("--limit", type=int)
+    ev.add_argument("--json", action="store_true")
+    ev.set_defaults(func=_eval)
+
+    adapters = sub.add_parser("adapters", help="the adapter registry")
+    adapters_sub = adapters.add_subparsers(dest="action", required=True)
+    adapters_sub.add_parser("list").set_defaults(func=_adapters)
+    promote = adapters_sub.add_parser("promote")
+    promote.add_argument("version")
+    promote.set_defaults(func=_adapters)
+    adapters_sub.add_parser("rollback").set_defaults(func=_adapters)
+
+    sub.add_parser("schedule", help="run cycles on the configured cron").set_defaults(func=_schedule)
+
+    demo = sub.add_parser("demo", help="the whole loop on the sandbox")
+    demo.add_argument("--no-wait", action="store_true", help="stop the server when done")
+    demo.set_defaults(func=_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        settings = load_settings(args.config)
+        return args.func(settings, args)
+    except ProtegeError as exc:
+        print(f"protege: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

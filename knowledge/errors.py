@@ -1,0 +1,57 @@
+"""Every domain error of protege, in one place.
+
+Raised anywhere; turned into HTTP errors (assistant/app.py) or CLI messages (assistant/cli.py)
+only at the edge. `http_status` is the status the API answers with.
+"""
+
+from __future__ import annotations
+
+
+class ProtegeError(Exception):
+    http_status = 500
+
+
+class ConfigError(ProtegeError):
+    http_status = 500
+
+
+class BadInputError(ProtegeError):
+    http_status = 400
+
+
+class UnsupportedDocumentError(BadInputError):
+    http_status = 415
+
+
+class NotFoundError(ProtegeError):
+    http_status = 404
+
+
+class SandboxNotBuiltError(ProtegeError):
+    http_status = 503
+
+
+class IncompatibleTeacherError(ProtegeError):
+    """Teacher and student do not share a tokenizer / chat template."""
+
+
+class AdapterIntegrityError(ProtegeError):
+    """An adapter folder is missing, partial, or its checksum does not match the registry."""
+
+    http_status = 409
+
+
+class NothingToTrainError(ProtegeError):
+    """The nightly cycle found no new eligible data; the cycle is skipped, not failed."""
+
+    http_status = 409
+
+
+class UnsupportedInstructionError(BadInputError):
+    """An IFEval instruction id this project has no checker for."""
+
+
+class CycleBusyError(ProtegeError):
+    """Another training cycle holds the lease."""
+
+    http_status = 409

@@ -1,0 +1,208 @@
+"""Settings: one pydantic model loaded from a YAML profile in `configs/`.
+
+The model lives in the lowest layer (`knowledge`) because every layer reads it and imports
+only flow `assistant -> learner -> knowledge`.
+
+    settings = load_settings("sandbox")          # configs/sandbox.yaml
+    settings = load_settings("/path/to/my.yaml")
+
+Environment overrides: `PROTEGE_HOME` (data directory), `PROTEGE_DATABASE_URL`,
+`PROTEGE_CONFIG` (profile used when none is given).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from knowledge.errors import ConfigError
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+DEFAULT_HOME = Path("~/.local/share/protege")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelsConfig(_Section):
+    """Which models to use. `sandbox:<name>` resolves inside the built sandbox."""
+
+    student: str = "sandbox:student"
+    # "base": the student before this cycle's mid-training (the reference recipe's teacher);
+    # anything else: a model folder or hub id sharing the student's tokenizer.
+    teacher: str = "base"
+    device: Literal["cpu", "cuda", "auto"] = "cpu"
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    torch_threads: int | None = None
+
+
+class SandboxConfig(_Section):
+    size: Literal["test", "demo"] = "demo"
+    seed: int = 0
+    dir: Path | None = None  # where sandboxes are built; default <home>/sandbox
+
+
+class KnowledgeConfig(_Section):
+    chunk_tokens: int = 160
+    chunk_overlap: int = 32
+    top_k: int = 3
+    collection: str = "protege-chunks"
+    max_upload_bytes: int = 5_000_000
+
+
+class LoraConfig(_Section):
+    rank: int = 16
+    alpha: int = 32
+    dropout: float = 0.0
+    target_modules: list[str] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    )
+
+
+class MidtrainConfig(_Section):
+    doc_fraction: float = Field(0.7, gt=0, le=1)  # share of training tokens from documents
+    epochs: int = 20
+    lr: float = 2e-3
+    seq_len: int = 128
+    batch_size: int = 16
+    warmup_steps: int = 10
+    background_max_new_tokens: int = 48
+    background_temperature: float = 1.0
+    max_grad_norm: float = 1.0
+    chat_prompts_file: str | None = (
+        None  # JSONL {"messages": [...]} for background replay; sandbox: its own
+    )
+
+
+class DistillConfig(_Section):
+    steps: int = 30
+    prompts_per_step: int = 16
+    group_size: int = 4
+    max_new_tokens: int = 48
+    temperature: float = 1.0
+    lr: float = 3e-4
+    kl_coef: float = 1.0
+    discount: float = 0.0
+    prompts_file: str | None = (
+        None  # JSONL of {"messages": [...]} or {"prompt": str}; sandbox: its own
+    )
+
+
+class GateConfig(_Section):
+    ifeval_margin: float = 0.05  # candidate IFEval may be at most this far below the base model's
+    qa_tolerance: float = 0.0  # candidate QA may be at most this far below the served adapter's
+
+
+class EvalConfig(_Section):
+    max_new_tokens: int = 64
+    batch_size: int = 32
+    # Eval sets; with sandbox models they default to the sandbox's own (QA of every ingested day).
+    qa_file: str | None = None  # closed-book QA JSONL {"question", "answer"} on the new documents
+    ifeval_file: str | None = (
+        None  # IFEval JSONL {"key", "prompt", "instruction_id_list", "kwargs"}
+    )
+    known_qa_file: str | None = None  # QA on what the model knew before (forgetting check)
+
+
+class LearnerConfig(_Section):
+    lora: LoraConfig = LoraConfig()
+    midtrain: MidtrainConfig = MidtrainConfig()
+    distill: DistillConfig = DistillConfig()
+    gate: GateConfig = GateConfig()
+    eval: EvalConfig = EvalConfig()
+    seed: int = 0
+
+
+class ServingConfig(_Section):
+    host: str = "127.0.0.1"
+    port: int = 8321
+    engine: Literal["embedded", "vllm"] = "embedded"
+    max_new_tokens: int = 64
+    registry_poll_seconds: float = 10.0
+    retrieval: bool = True
+    reload_url: str | None = None  # where the nightly cycle notifies serving; default host:port
+
+
+class ScheduleConfig(_Section):
+    cron: str = "0 2 * * *"
+    timezone: str = "UTC"
+    misfire_grace_seconds: int = 3600
+
+
+class Settings(_Section):
+    profile: str = "custom"
+    home: Path = DEFAULT_HOME
+    database_url: str | None = None
+    models: ModelsConfig = ModelsConfig()
+    sandbox: SandboxConfig = SandboxConfig()
+    knowledge: KnowledgeConfig = KnowledgeConfig()
+    learner: LearnerConfig = LearnerConfig()
+    serving: ServingConfig = ServingConfig()
+    schedule: ScheduleConfig = ScheduleConfig()
+
+    @property
+    def db_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.home / 'protege.db'}"
+
+    @property
+    def chroma_dir(self) -> Path:
+        return self.home / "chroma"
+
+    @property
+    def adapters_dir(self) -> Path:
+        return self.home / "adapters"
+
+    @property
+    def runs_dir(self) -> Path:
+        return self.home / "runs"
+
+    @property
+    def sandbox_dir(self) -> Path:
+        return self.sandbox.dir or self.home / "sandbox"
+
+    @property
+    def server_url(self) -> str:
+        return self.serving.reload_url or f"http://{self.serving.host}:{self.serving.port}"
+
+
+def profile_path(profile: str) -> Path:
+    path = Path(profile)
+    if path.suffix in {".yaml", ".yml"} and path.exists():
+        return path
+    candidate = CONFIG_DIR / f"{profile}.yaml"
+    if candidate.exists():
+        return candidate
+    known = ", ".join(sorted(p.stem for p in CONFIG_DIR.glob("*.yaml")))
+    raise ConfigError(f"unknown config profile {profile!r} (known: {known}; or give a .yaml path)")
+
+
+def load_settings(profile: str | None = None, **overrides: object) -> Settings:
+    """Load a profile, apply `PROTEGE_*` environment overrides, validate."""
+    profile = profile or os.environ.get("PROTEGE_CONFIG", "sandbox")
+    path = profile_path(profile)
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    raw.setdefault("profile", profile)  # what load_settings() needs to load it again
+    if home := os.environ.get("PROTEGE_HOME"):
+        raw["home"] = home
+    if url := os.environ.get("PROTEGE_DATABASE_URL"):
+        raw["database_url"] = url
+    raw.update(overrides)
+    try:
+        settings = Settings.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(f"{path}: invalid config:\n{exc}") from exc
+    settings.home = settings.home.expanduser().resolve()
+    return settings
+
+
+def dump_settings(settings: Settings) -> dict:
+    """The resolved config as plain JSON-able data (saved next to every adapter and run)."""
+    return settings.model_dump(mode="json")

@@ -1,0 +1,71 @@
+"""SQL tables owned by `knowledge`: documents, chunks, conversations (exchanges), feedback.
+
+One SQLModel metadata and one database for the whole app; `learner` owns its own tables.
+Schema changes ship with an Alembic migration in `knowledge/migrations/versions/`.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from sqlmodel import Field, SQLModel
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)  # sqlmodel stores aware datetimes (UTC)
+
+
+class Document(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(index=True)  # file name as uploaded (sanitised)
+    title: str
+    sha256: str = Field(index=True, unique=True)  # of the raw bytes: the same bytes twice = one document
+    size_bytes: int
+    media_type: str = "text/plain"
+    visibility: str = "company"  # "company" or "groups"
+    groups: str = ""  # comma-separated group names when visibility == "groups"
+    uploaded_by: str | None = None
+    n_chunks: int = 0
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class Chunk(SQLModel, table=True):
+    id: str = Field(primary_key=True)  # "<document id>-<position>": also the vector id in Chroma
+    document_id: int = Field(foreign_key="document.id", index=True)
+    position: int
+    text: str
+    n_tokens: int
+
+
+class DocumentText(SQLModel, table=True):
+    """A document's full parsed text, kept apart from `Document` so listing documents stays light.
+
+    Chunks overlap, so joining them would repeat text; training on documents needs the exact text.
+    """
+
+    document_id: int = Field(foreign_key="document.id", primary_key=True)
+    text: str
+
+
+class Exchange(SQLModel, table=True):
+    """One chat request and its answer, with the adapter version that produced it."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    created_at: datetime = Field(default_factory=utcnow)
+    user: str | None = Field(default=None, index=True)
+    messages_json: str  # the request's messages
+    answer: str
+    adapter_version: str = Field(index=True)  # "base" or an adapter version such as "v0003"
+    chunk_ids_json: str = "[]"  # retrieved chunks given as context
+    latency_ms: float
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+class Feedback(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    exchange_id: int = Field(foreign_key="exchange.id", index=True)
+    rating: int  # +1 / -1
+    comment: str = ""
+    user: str | None = None
+    created_at: datetime = Field(default_factory=utcnow)

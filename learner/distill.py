@@ -1,0 +1,103 @@
+"""Recipe: on-policy distillation (OPD) of the student's adapter toward a teacher.
+
+Each step: the student samples `group_size` answers per prompt at `temperature`; the teacher
+returns the log-prob of every sampled token in one forward pass; the per-token advantage is
+`-kl_coef * (logp_student - logp_teacher)` (reverse KL; discount 0 by default); the update
+minimises the importance-sampling policy-gradient loss over completion tokens.
+
+    stats = main(peft_model, tokenizer, teacher, prompts, settings.learner.distill)
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+
+import torch
+from peft import PeftModel
+from tqdm.auto import tqdm
+from transformers import PreTrainedTokenizerBase
+
+from knowledge.errors import BadInputError
+from knowledge.settings import DistillConfig
+from learner.generation import Message
+from learner.losses import importance_sampling_loss, mean_reverse_kl, reverse_kl_advantages
+from learner.sampling import LocalSampler, Sampler
+from learner.scoring import sequence_logprobs
+from learner.teachers import Teacher
+
+
+def main(
+    model: PeftModel,
+    tokenizer: PreTrainedTokenizerBase,
+    teacher: Teacher,
+    prompts: list[list[Message]],
+    cfg: DistillConfig,
+    seed: int = 0,
+    sampler: Sampler | None = None,
+    log: Callable[[dict], None] | None = None,
+    progress: bool = True,
+) -> dict:
+    """Train the model's active adapter in place; returns summary stats."""
+    if not prompts:
+        raise BadInputError("OPD needs at least one prompt")
+    torch.manual_seed(seed)
+    rng = random.Random(seed)
+    sampler = sampler or LocalSampler(model, tokenizer)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(
+        params, lr=cfg.lr, weight_decay=0.0
+    )  # constant LR, as the reference
+    timings = {"sample": 0.0, "teacher": 0.0, "update": 0.0}
+    student_tokens, kls = 0, []
+    bar = tqdm(range(cfg.steps), desc="distill (OPD)", unit="step", disable=not progress)
+    for step in bar:
+        batch_prompts = rng.sample(prompts, min(cfg.prompts_per_step, len(prompts)))
+        t0 = time.perf_counter()
+        batch = sampler.sample(batch_prompts, cfg.group_size, cfg.temperature, cfg.max_new_tokens)
+        t1 = time.perf_counter()
+        teacher_lp_B_T = teacher.logprobs(batch)
+        t2 = time.perf_counter()
+        mask_B_T = batch.completion_mask_B_T
+        advantages_B_T = reverse_kl_advantages(
+            batch.sampler_logprobs_B_T, teacher_lp_B_T, mask_B_T, cfg.kl_coef, cfg.discount
+        )
+        model.train()
+        train_lp_B_T = sequence_logprobs(model, batch.sequences_B_T, batch.attention_mask_B_T)
+        loss = importance_sampling_loss(
+            train_lp_B_T, batch.sampler_logprobs_B_T, advantages_B_T, mask_B_T
+        )
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        model.eval()
+        t3 = time.perf_counter()
+        timings["sample"] += t1 - t0
+        timings["teacher"] += t2 - t1
+        timings["update"] += t3 - t2
+        kl = mean_reverse_kl(batch.sampler_logprobs_B_T, teacher_lp_B_T, mask_B_T)
+        kls.append(kl)
+        student_tokens += batch.n_completion_tokens
+        bar.set_postfix(
+            reverse_kl=f"{kl:.3f}", tok_s=f"{student_tokens / sum(timings.values()):,.0f}"
+        )
+        if log:
+            log(
+                {
+                    "stage": "distill",
+                    "step": step + 1,
+                    "reverse_kl": kl,
+                    "loss": loss.item(),
+                    "completion_tokens": batch.n_completion_tokens,
+                }
+            )
+    return {
+        "distill_steps": cfg.steps,
+        "distill_teacher": teacher.name,
+        "distill_reverse_kl_first": kls[0] if kls else None,
+        "distill_reverse_kl_last": kls[-1] if kls else None,
+        "distill_student_tokens": student_tokens,
+        **{f"distill_{k}_seconds": round(v, 2) for k, v in timings.items()},
+    }

@@ -1,0 +1,55 @@
+"""Batched chat generation with a local transformers model (evals, background sampling).
+
+texts = generate_texts(model, tokenizer, [[{"role": "user", "content": "Hi"}]], max_new_tokens=32)
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from learner.modeling import stop_token_ids
+
+Message = dict[str, str]
+
+
+def chat_prompt(tokenizer: PreTrainedTokenizerBase, messages: list[Message]) -> str:
+    """The prompt text for `messages` ending with an open assistant turn (Qwen chat format)."""
+    return tokenizer.apply_chat_template(
+        messages, tokenize=False, add_generation_prompt=True, enable_thinking=False
+    )
+
+
+@torch.no_grad()
+def generate_texts(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    conversations: list[list[Message]],
+    max_new_tokens: int,
+    temperature: float = 0.0,
+    batch_size: int = 32,
+    progress: object | None = None,
+) -> list[str]:
+    """Greedy (temperature 0) or sampled completions, one string per conversation."""
+    outputs: list[str] = []
+    device = next(model.parameters()).device
+    stops = stop_token_ids(tokenizer)
+    for start in range(0, len(conversations), batch_size):
+        batch = conversations[start : start + batch_size]
+        prompts = [chat_prompt(tokenizer, messages) for messages in batch]
+        enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(
+            device
+        )
+        sampling = {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0}
+        out = model.generate(
+            **enc,
+            max_new_tokens=max_new_tokens,
+            eos_token_id=stops,
+            pad_token_id=tokenizer.pad_token_id,
+            **(sampling if temperature > 0 else {"do_sample": False}),
+        )
+        new_tokens = out[:, enc["input_ids"].shape[1] :]
+        outputs.extend(tokenizer.batch_decode(new_tokens, skip_special_tokens=True))
+        if progress is not None:
+            progress.update(len(batch))
+    return [text.strip() for text in outputs]

@@ -1,0 +1,77 @@
+"""Loss and advantage functions of mid-training and on-policy distillation (OPD).
+
+Small functions over tensors; shapes in names: B batch, T tokens, V vocabulary.
+Each is tested against a naive loop implementation in tests/test_losses.py.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+IGNORE = -100
+
+
+def token_logprobs(logits_B_T_V: torch.Tensor, targets_B_T: torch.Tensor) -> torch.Tensor:
+    """log p(target_t) under logits_t, shape [B, T]. Targets equal to IGNORE give 0."""
+    safe_targets = targets_B_T.clamp(min=0)
+    logprobs = torch.log_softmax(logits_B_T_V.float(), dim=-1)
+    out_B_T = logprobs.gather(-1, safe_targets.unsqueeze(-1)).squeeze(-1)
+    return out_B_T.masked_fill(targets_B_T == IGNORE, 0.0)
+
+
+def causal_lm_loss(logits_B_T_V: torch.Tensor, labels_B_T: torch.Tensor) -> torch.Tensor:
+    """Mean next-token cross-entropy; labels are aligned with inputs (shifted here), IGNORE masked."""
+    shifted_logits = logits_B_T_V[:, :-1].reshape(-1, logits_B_T_V.shape[-1]).float()
+    shifted_labels = labels_B_T[:, 1:].reshape(-1)
+    return F.cross_entropy(shifted_logits, shifted_labels, ignore_index=IGNORE)
+
+
+def reverse_kl_advantages(
+    student_logprobs_B_T: torch.Tensor,
+    teacher_logprobs_B_T: torch.Tensor,
+    mask_B_T: torch.Tensor,
+    kl_coef: float = 1.0,
+    discount: float = 0.0,
+) -> torch.Tensor:
+    """Per-token advantage `-kl_coef * (logp_student - logp_teacher)` of each sampled token.
+
+    With `discount` > 0 each token also receives the discounted advantages of the completion
+    tokens after it (a per-token return); discount 0 is the reference recipe.
+    """
+    mask = mask_B_T.to(student_logprobs_B_T.dtype)
+    per_token_B_T = -kl_coef * (student_logprobs_B_T - teacher_logprobs_B_T) * mask
+    if discount == 0.0:
+        return per_token_B_T.detach()
+    returns_B_T = torch.zeros_like(per_token_B_T)
+    running_B = torch.zeros_like(per_token_B_T[:, 0])
+    for t in range(per_token_B_T.shape[1] - 1, -1, -1):
+        running_B = per_token_B_T[:, t] + discount * running_B * mask[:, t]
+        returns_B_T[:, t] = running_B
+    return (returns_B_T * mask).detach()
+
+
+def importance_sampling_loss(
+    train_logprobs_B_T: torch.Tensor,
+    sampler_logprobs_B_T: torch.Tensor,
+    advantages_B_T: torch.Tensor,
+    mask_B_T: torch.Tensor,
+) -> torch.Tensor:
+    """`-sum(exp(logp_train - logp_sampler) * A) / n_completion_tokens` over masked tokens.
+
+    The ratio corrects for the sampler's policy differing from the one being trained (stale
+    weights, another engine); its gradient is the policy gradient weighted by the advantage.
+    """
+    mask = mask_B_T.to(train_logprobs_B_T.dtype)
+    ratio_B_T = torch.exp(train_logprobs_B_T - sampler_logprobs_B_T.detach())
+    n_tokens = mask.sum().clamp(min=1.0)
+    return -(ratio_B_T * advantages_B_T.detach() * mask).sum() / n_tokens
+
+
+def mean_reverse_kl(
+    student_logprobs_B_T: torch.Tensor, teacher_logprobs_B_T: torch.Tensor, mask_B_T: torch.Tensor
+) -> float:
+    """Monte-Carlo estimate of KL(student || teacher) per completion token (the OPD metric)."""
+    mask = mask_B_T.to(student_logprobs_B_T.dtype)
+    diff = (student_logprobs_B_T - teacher_logprobs_B_T) * mask
+    return float(diff.sum() / mask.sum().clamp(min=1.0))

@@ -1,0 +1,59 @@
+"""Turning documents and chats into packed, prompt-masked training rows.
+
+A document contributes every token as a label; a chat contributes labels only on its assistant
+turn (prompt tokens masked with IGNORE). Examples are packed back to back into rows of
+`seq_len` tokens so no compute is spent on padding.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from learner.generation import Message, chat_prompt
+from learner.losses import IGNORE
+
+
+@dataclass
+class Example:
+    input_ids: list[int]
+    labels: list[int]
+
+
+def document_example(tokenizer: PreTrainedTokenizerBase, text: str) -> Example:
+    ids = tokenizer.encode(text.strip(), add_special_tokens=False)
+    ids.append(tokenizer.pad_token_id)  # <|endoftext|>: documents end like pre-training documents
+    return Example(ids, list(ids))
+
+
+def chat_example(
+    tokenizer: PreTrainedTokenizerBase, messages: list[Message], answer: str
+) -> Example:
+    prompt_ids = tokenizer.encode(chat_prompt(tokenizer, messages), add_special_tokens=False)
+    answer_ids = tokenizer.encode(answer.strip() + "<|im_end|>\n", add_special_tokens=False)
+    return Example(prompt_ids + answer_ids, [IGNORE] * len(prompt_ids) + answer_ids)
+
+
+def pack(examples: list[Example], seq_len: int, pad_id: int, seed: int = 0) -> torch.Tensor:
+    """Shuffle and pack into [N, 2, seq_len] (input ids, labels); long examples are split."""
+    order = list(examples)
+    random.Random(seed).shuffle(order)
+    ids: list[int] = []
+    labels: list[int] = []
+    for ex in order:
+        ids.extend(ex.input_ids)
+        labels.extend(ex.labels)
+    n_rows = max(1, -(-len(ids) // seq_len))
+    total = n_rows * seq_len
+    ids.extend([pad_id] * (total - len(ids)))
+    labels.extend([IGNORE] * (total - len(labels)))
+    ids_N_T = torch.tensor(ids).view(n_rows, seq_len)
+    labels_N_T = torch.tensor(labels).view(n_rows, seq_len)
+    return torch.stack([ids_N_T, labels_N_T], dim=1)
+
+
+def n_label_tokens(examples: list[Example]) -> int:
+    return sum(sum(1 for x in ex.labels if x != IGNORE) for ex in examples)

@@ -1,0 +1,242 @@
+"""The nightly cycle: select -> mid-train -> distill -> evaluate -> register -> promote -> notify.
+
+The CLI (`protege train --now`), the scheduler and the demo all call `run_cycle(settings)`.
+Every stage is recorded on the run's row; metrics go to `<home>/runs/<id>/metrics.jsonl` and the
+resolved config to `<home>/runs/<id>/config.json`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+from peft import LoraConfig, PeftModel, get_peft_model
+from sqlmodel import Session
+
+from knowledge.db import open_database
+from knowledge.errors import NothingToTrainError
+from knowledge.settings import Settings, dump_settings
+from knowledge.store import KnowledgeStore
+from knowledge.tables import utcnow
+from learner import distill, midtrain
+from learner.datasets import chat_prompts, eval_sets, opd_prompts
+from learner.evals.evaluate import evaluate_model
+from learner.modeling import (
+    configure_threads,
+    load_causal_lm,
+    load_tokenizer,
+    resolve_model_ref,
+    torch_device,
+)
+from learner.registry import BASE, Registry
+from learner.tables import Run
+from learner.teachers.base import BaseModelTeacher
+from learner.teachers.local import LocalTeacher
+
+log = logging.getLogger("protege.pipeline")
+
+
+@dataclass
+class CycleResult:
+    run_id: int
+    status: str  # succeeded | skipped | failed
+    message: str
+    version: str | None = None
+    promoted: bool = False
+    before: dict = field(default_factory=dict)  # served model before the cycle
+    base: dict = field(default_factory=dict)  # base model (no adapter)
+    after: dict = field(default_factory=dict)  # the candidate
+    seconds: dict = field(default_factory=dict)
+
+
+class _RunLog:
+    """The run's row plus its metrics JSONL."""
+
+    def __init__(self, settings: Settings, trigger: str) -> None:
+        self.engine = open_database(settings.db_url)
+        with Session(self.engine) as session:
+            row = Run(trigger=trigger)
+            session.add(row)
+            session.commit()
+            session.refresh(row)
+        self.id = row.id
+        self.dir = settings.runs_dir / f"{self.id:05d}"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        (self.dir / "config.json").write_text(json.dumps(dump_settings(settings), indent=2))
+        self._metrics = (self.dir / "metrics.jsonl").open("a")
+
+    def metric(self, record: dict) -> None:
+        self._metrics.write(json.dumps({"time": time.time(), **record}) + "\n")
+        self._metrics.flush()
+
+    def update(self, **fields: object) -> None:
+        with Session(self.engine) as session:
+            row = session.get(Run, self.id)
+            for key, value in fields.items():
+                setattr(row, key, value)
+            session.add(row)
+            session.commit()
+
+    def close(self) -> None:
+        self._metrics.close()
+
+
+def passes_gate(settings: Settings, before: dict, base: dict, after: dict) -> tuple[bool, str]:
+    """QA not below the served adapter's (minus tolerance); IFEval within margin of the base."""
+    gate = settings.learner.gate
+    reasons = []
+    if "qa_closed_book" in after and after["qa_closed_book"] < before["qa_closed_book"] - gate.qa_tolerance:
+        reasons.append(f"QA {after['qa_closed_book']:.3f} < served {before['qa_closed_book']:.3f}")
+    if "ifeval_strict" in after and after["ifeval_strict"] < base["ifeval_strict"] - gate.ifeval_margin:
+        reasons.append(
+            f"IFEval {after['ifeval_strict']:.3f} < base {base['ifeval_strict']:.3f} - {gate.ifeval_margin}"
+        )
+    return (not reasons, "; ".join(reasons) or "passed")
+
+
+def notify_serving(settings: Settings) -> str:
+    """Tell the running server to swap now; it also polls the registry, so failure only delays."""
+    try:
+        response = httpx.post(f"{settings.server_url}/admin/adapters/reload", timeout=120)
+        return f"server answered {response.status_code}: {response.text[:200]}"
+    except httpx.HTTPError as exc:
+        return f"server not reached ({exc.__class__.__name__}); it will pick the adapter up by polling"
+
+
+def _evaluate(settings: Settings, model, tokenizer, sets, progress: bool) -> dict:  # noqa: ANN001
+    cfg = settings.learner.eval
+    return evaluate_model(
+        model,
+        tokenizer,
+        qa_file=sets.qa_file,
+        ifeval_file=sets.ifeval_file,
+        known_qa_file=sets.known_qa_file,
+        max_new_tokens=cfg.max_new_tokens,
+        batch_size=cfg.batch_size,
+        progress=progress,
+    )
+
+
+def run_cycle(settings: Settings, trigger: str = "manual", progress: bool = True, notify: bool = True) -> CycleResult:
+    """Run one training cycle now. Never raises for "nothing new": returns status "skipped"."""
+    configure_threads(settings)
+    registry = Registry(settings)
+    run = _RunLog(settings, trigger)
+    seconds: dict[str, float] = {}
+    clock = time.perf_counter()
+
+    def stage(name: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        run.update(stage=name)
+        log.info("run %s: stage %s", run.id, name)
+        seconds.setdefault("_start", now)
+        clock = now
+
+    def done(name: str) -> None:
+        seconds[name] = round(time.perf_counter() - clock, 2)
+
+    try:
+        stage("select")
+        served = registry.served_version()
+        trained_ids = registry.served_documents()
+        store = KnowledgeStore(settings)
+        new_docs = store.training_eligible(exclude_ids=trained_ids)
+        if not new_docs:
+            raise NothingToTrainError("no new company documents since the served adapter; nothing to train")
+        lineage = sorted(set(trained_ids) | {d.id for d in new_docs})
+        documents = [store.document_text(d.id) for d in new_docs]
+        all_names = [d.name for d in store.list_documents() if d.id in set(lineage)]
+        sets = eval_sets(settings, all_names, run.dir)
+        student_path = resolve_model_ref(settings, settings.models.student)
+        device = torch_device(settings)
+        tokenizer = load_tokenizer(student_path)
+        base_model = load_causal_lm(student_path, device, settings.models.dtype)
+        lora = settings.learner.lora
+        if served != BASE:
+            model = PeftModel.from_pretrained(base_model, str(registry.verify(served)), is_trainable=True)
+        else:
+            config = LoraConfig(r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                                target_modules=lora.target_modules, task_type="CAUSAL_LM")
+            model = get_peft_model(base_model, config)
+        run.metric({"stage": "select", "new_documents": [d.id for d in new_docs], "served": served})
+        done("select")
+
+        stage("evaluate_before")
+        before = _evaluate(settings, model, tokenizer, sets, progress)
+        if served == BASE:
+            base = before
+        else:
+            with model.disable_adapter():
+                base = _evaluate(settings, model, tokenizer, sets, progress)
+        run.metric({"stage": "evaluate_before", "served": before, "base": base})
+        done("evaluate_before")
+
+        stage("midtrain")
+        mid = midtrain.main(model, tokenizer, documents, chat_prompts(settings), settings.learner.midtrain,
+                            settings.learner.seed, run.metric, progress)
+        done("midtrain")
+
+        stage("distill")
+        if settings.models.teacher == "base":
+            teacher = BaseModelTeacher(model)
+        else:
+            teacher_path = resolve_model_ref(settings, settings.models.teacher)
+            teacher = LocalTeacher(teacher_path, tokenizer, device, settings.models.dtype)
+        opd = distill.main(model, tokenizer, teacher, opd_prompts(settings), settings.learner.distill,
+                           settings.learner.seed, log=run.metric, progress=progress)
+        done("distill")
+
+        stage("evaluate")
+        after = _evaluate(settings, model, tokenizer, sets, progress)
+        ok, why = passes_gate(settings, before, base, after)
+        run.metric({"stage": "evaluate", "candidate": after, "gate": why})
+        done("evaluate")
+
+        stage("register")
+        version = registry.next_version()
+        metrics = {**after, "gate": why, "before": before, "base": base, **mid, **opd}
+        registry.register(
+            version,
+            save=model.save_pretrained,
+            parent_version=None if served == BASE else served,
+            base_model=student_path,
+            config=dump_settings(settings),
+            documents=lineage,
+            metrics=metrics,
+            run_id=run.id,
+        )
+        done("register")
+
+        stage("promote")
+        if ok:
+            registry.promote(version, actor=f"run:{run.id}")
+        else:
+            registry.reject(version)
+        done("promote")
+
+        message = f"{version} {'promoted' if ok else 'rejected'} ({why})"
+        if ok and notify:
+            stage("notify")
+            message += "; " + notify_serving(settings)
+            done("notify")
+        seconds.pop("_start", None)
+        run.update(status="succeeded", stage="done", message=message, adapter_version=version,
+                   metrics_json=json.dumps({**metrics, "seconds": seconds}), finished_at=utcnow())
+        return CycleResult(run.id, "succeeded", message, version, ok, before, base, after, seconds)
+    except NothingToTrainError as exc:
+        run.update(status="skipped", message=str(exc), finished_at=utcnow())
+        return CycleResult(run.id, "skipped", str(exc))
+    except Exception as exc:
+        run.update(status="failed", message=f"{exc.__class__.__name__}: {exc}", finished_at=utcnow())
+        raise
+    finally:
+        run.close()
+
+
+def runs_dir_of(settings: Settings, run_id: int) -> Path:
+    return settings.runs_dir / f"{run_id:05d}"

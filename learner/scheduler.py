@@ -1,0 +1,58 @@
+"""The nightly schedule: APScheduler 3.x with its job store in the application database.
+
+    protege schedule            # runs until stopped, one cycle per cron tick
+
+`coalesce` folds missed ticks into one run, `max_instances=1` keeps one cycle per scheduler, and
+`misfire_grace_time` lets a scheduler that was down at the tick still run it when it comes back.
+The job calls the same `run_cycle` as `protege train --now`.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
+from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.schedulers.base import BaseScheduler
+from apscheduler.schedulers.blocking import BlockingScheduler
+from apscheduler.triggers.cron import CronTrigger
+
+from knowledge.errors import ConfigError
+from knowledge.settings import Settings, load_settings
+
+log = logging.getLogger("protege.scheduler")
+JOB_ID = "nightly-cycle"
+
+
+def scheduled_cycle(profile: str) -> None:
+    """The job: importable by reference, so the persistent job store can hold it."""
+    from learner.pipeline import run_cycle
+
+    result = run_cycle(load_settings(profile), trigger="schedule", progress=False)
+    log.info("scheduled cycle: run %s %s: %s", result.run_id, result.status, result.message)
+
+
+def build_scheduler(settings: Settings, *, blocking: bool = True) -> BaseScheduler:
+    try:
+        trigger = CronTrigger.from_crontab(settings.schedule.cron, timezone=settings.schedule.timezone)
+    except ValueError as exc:
+        raise ConfigError(f"schedule.cron {settings.schedule.cron!r} is not a valid crontab: {exc}") from exc
+    cls = BlockingScheduler if blocking else BackgroundScheduler
+    scheduler = cls(
+        jobstores={"default": SQLAlchemyJobStore(url=settings.db_url, tablename="apscheduler_jobs")},
+        job_defaults={
+            "coalesce": True,
+            "max_instances": 1,
+            "misfire_grace_time": settings.schedule.misfire_grace_seconds,
+        },
+        timezone=settings.schedule.timezone,
+    )
+    scheduler.add_job(
+        "learner.scheduler:scheduled_cycle",
+        trigger=trigger,
+        id=JOB_ID,
+        name="protege nightly cycle",
+        kwargs={"profile": settings.profile},
+        replace_existing=True,
+    )
+    return scheduler
