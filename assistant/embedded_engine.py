@@ -71,7 +71,11 @@ class _Request:
     def key(self) -> tuple[str, float, float]:
         # requests can share one generate() call only with the same adapter and sampler
         greedy = self.params.temperature <= 0
-        return (self.version, 0.0 if greedy else self.params.temperature, 1.0 if greedy else self.params.top_p)
+        return (
+            self.version,
+            0.0 if greedy else self.params.temperature,
+            1.0 if greedy else self.params.top_p,
+        )
 
 
 @dataclass(eq=False)
@@ -104,11 +108,15 @@ class _RowCriteria(StoppingCriteria):
         self.engine = engine
         self.rows = rows
 
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any) -> torch.BoolTensor:
+    def __call__(
+        self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any
+    ) -> torch.BoolTensor:
         for i, row in enumerate(self.rows):
             if not row.done:
                 self.engine._advance(row, int(input_ids[i, -1]))
-        return torch.tensor([row.done for row in self.rows], dtype=torch.bool, device=input_ids.device)
+        return torch.tensor(
+            [row.done for row in self.rows], dtype=torch.bool, device=input_ids.device
+        )
 
 
 class EmbeddedEngine:
@@ -145,7 +153,12 @@ class EmbeddedEngine:
         """The student named by `settings.models.student`, on the configured device and dtype."""
         configure_threads(settings)
         path = resolve_model_ref(settings, settings.models.student)
-        return cls(path, device=torch_device(settings), dtype=settings.models.dtype, max_batch_size=max_batch_size)
+        return cls(
+            path,
+            device=torch_device(settings),
+            dtype=settings.models.dtype,
+            max_batch_size=max_batch_size,
+        )
 
     # ---- public API (any thread) -----------------------------------------------------------
     def submit(
@@ -159,7 +172,9 @@ class EmbeddedEngine:
         self._put(_Request(list(messages), params, adapter_version, on_text, future))
         return future
 
-    def generate(self, messages: list[Message], params: GenerationParams, adapter_version: str) -> GenerationResult:
+    def generate(
+        self, messages: list[Message], params: GenerationParams, adapter_version: str
+    ) -> GenerationResult:
         return self.submit(messages, params, adapter_version).result()
 
     def ensure_loaded(self, version: str, folder: Path | None) -> None:
@@ -236,7 +251,9 @@ class EmbeddedEngine:
         if version in self._loaded:
             return
         if not isinstance(self._model, PeftModel):
-            self._model = PeftModel.from_pretrained(self._base, str(folder), adapter_name=version, is_trainable=False)
+            self._model = PeftModel.from_pretrained(
+                self._base, str(folder), adapter_name=version, is_trainable=False
+            )
         else:
             self._model.load_adapter(str(folder), adapter_name=version, is_trainable=False)
         self._model.eval()
@@ -295,10 +312,17 @@ class EmbeddedEngine:
                 kept.append(prompt_ids)
             if not rows:
                 return
-            enc = self.tokenizer.pad({"input_ids": kept}, padding=True, return_tensors="pt").to(self.device)
+            enc = self.tokenizer.pad({"input_ids": kept}, padding=True, return_tensors="pt").to(
+                self.device
+            )
             params = rows[0].params  # same sampler for the whole batch (see _Request.key)
             if params.temperature > 0:
-                sampling = {"do_sample": True, "temperature": params.temperature, "top_p": params.top_p, "top_k": 0}
+                sampling = {
+                    "do_sample": True,
+                    "temperature": params.temperature,
+                    "top_p": params.top_p,
+                    "top_k": 0,
+                }
             else:
                 sampling = {"do_sample": False}
             with torch.inference_mode(), self._adapter(rows[0].version):

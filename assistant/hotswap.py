@@ -20,6 +20,7 @@ import logging
 import threading
 from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 
@@ -110,13 +111,11 @@ class AdapterSwitcher:
                 folder = None if target == BASE else self.registry.verify(target)
                 self.engine.ensure_loaded(target, folder)
             except Exception as exc:
-                with self._lock:
-                    if was_retired:
-                        self._retired.add(target)
-                        if self._pins[target] == 0:
-                            self._retired.discard(target)
-                            self._unload(target)
-                reason = str(exc) if isinstance(exc, AdapterIntegrityError | NotFoundError) else f"load failed: {exc!r}"
+                if was_retired:  # give back the claim: unload it now, or when its pins drop
+                    with self._lock:
+                        self._retire(target)
+                known = isinstance(exc, AdapterIntegrityError | NotFoundError)
+                reason = str(exc) if known else f"load failed: {exc!r}"
                 message = f"refusing adapter {target}: {reason}; still serving {previous}"
                 if message != self.last_error:  # once per distinct problem, not every poll
                     log.error(message)
@@ -125,10 +124,7 @@ class AdapterSwitcher:
             with self._lock:
                 self._served = target
                 if previous != BASE:
-                    if self._pins[previous] == 0:
-                        self._unload(previous)
-                    else:
-                        self._retired.add(previous)
+                    self._retire(previous)
             self.last_error = None
             log.info("serving adapter %s (was %s)", target, previous)
             return SwapResult(served=target, previous=previous, changed=True)
@@ -143,11 +139,19 @@ class AdapterSwitcher:
             log.exception("adapter sync failed; still serving %s", self._served)
         return self._served
 
+    def _retire(self, version: str) -> None:
+        """(With _lock held) unload a no-longer-served version now, or at its last release."""
+        if self._pins[version] == 0:
+            self._unload(version)
+        else:
+            self._retired.add(version)
+
     def _unload(self, version: str) -> None:
-        future = self.engine.unload(version)
-        future.add_done_callback(
-            lambda f: f.exception() and log.error("unloading adapter %s failed: %r", version, f.exception())
-        )
+        def check(future: Future[None]) -> None:
+            if future.exception() is not None:
+                log.error("unloading adapter %s failed: %r", version, future.exception())
+
+        self.engine.unload(version).add_done_callback(check)
 
     # ---- background polling -------------------------------------------------------------------
     def start(self, poll_seconds: float) -> None:

@@ -38,10 +38,11 @@ class ChromaIndex:
             )
         except ValueError as exc:  # e.g. a name outside 3-512 characters
             raise ConfigError(f"chroma collection {collection!r}: {exc}") from exc
-        space = (self._collection.configuration or {}).get("hnsw", {}) or {}
-        if space.get("space", "cosine") != "cosine":
+        # The raw JSON: `.configuration` warns about the (intended) absent embedding function.
+        hnsw = (self._collection.configuration_json or {}).get("hnsw") or {}
+        if hnsw.get("space", "cosine") != "cosine":
             raise ConfigError(
-                f"chroma collection {collection!r} in {path} uses {space.get('space')!r} "
+                f"chroma collection {collection!r} in {path} uses {hnsw.get('space')!r} "
                 "distance; protege needs cosine (delete the folder to rebuild)"
             )
         self._max_batch = max(1, int(self._client.get_max_batch_size()))

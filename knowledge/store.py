@@ -233,7 +233,15 @@ class KnowledgeStore:
                 ids = [c.id for c in chunks]
                 metadatas = [_vector_metadata(document, c.position) for c in chunks]
                 index.add(ids, vectors, texts, metadatas)
-                session.commit()
+                connection = session.connection()
+                try:
+                    session.commit()
+                except BaseException:
+                    # After a failed COMMIT SQLAlchemy considers the transaction over, but the
+                    # driver's may still be open (SQLite busy) and would commit with the next
+                    # user of the pooled connection: discard that connection instead.
+                    connection.invalidate()
+                    raise
         except BaseException as exc:
             # Undo the vectors too (some batches may have landed before an add failed).
             self._forget_vectors(index, ids)

@@ -42,7 +42,7 @@ def sample_background(
     order = list(prompts)
     random.Random(seed).shuffle(order)
     examples: list[Example] = []
-    batch = 32
+    batch = min(32, max(1, target_tokens // 16))
     bar = tqdm(total=target_tokens, desc="background replay", unit="tok", disable=not progress)
     for start in range(0, len(order), batch):
         chunk = order[start : start + batch]
@@ -54,10 +54,11 @@ def sample_background(
             cfg.background_temperature,
             batch,
         )
-        for messages, answer in zip(chunk, answers, strict=True):
-            if answer:
-                examples.append(chat_example(tokenizer, messages, answer))
         done = n_label_tokens(examples)
+        for messages, answer in zip(chunk, answers, strict=True):
+            if answer and done < target_tokens:
+                examples.append(chat_example(tokenizer, messages, answer))
+                done += n_label_tokens(examples[-1:])
         bar.update(done - bar.n)
         if done >= target_tokens:
             break

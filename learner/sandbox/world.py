@@ -233,13 +233,14 @@ def render_document(entity: Entity, world: World, rng: random.Random) -> tuple[s
     a tiny model from a few epochs of LoRA mid-training.
     """
     facts = entity.facts()
+    # Each fact in phrasing 0 plus two other random phrasings, one paragraph per phrasing pass.
+    picks = [[0, *rng.sample(range(1, f.n_statements), 2)] for f in facts]
     paragraphs = []
     for rep in range(3):
         order = list(range(len(facts)))
-        rng.shuffle(order) if rep else None
-        paragraphs.append(
-            " ".join(facts[i].statement(rep + (rep > 0) * rng.randrange(2)) for i in order)
-        )
+        if rep:
+            rng.shuffle(order)
+        paragraphs.append(" ".join(facts[i].statement(picks[i][rep]) for i in order))
     # Related facts: members of a team/project/office and their link back to this entity.
     related = []
     for other in world.entities:

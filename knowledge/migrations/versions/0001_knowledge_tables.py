@@ -6,7 +6,8 @@ Create Date: 2025-01-01
 
 Written out by hand (not imported from `knowledge.tables`) so this revision keeps describing the
 schema as it was, whatever the models become later. tests/test_db.py checks that the models and
-the migrations agree.
+the migrations agree. Datetimes are `timezone=True`: SQLModel maps `datetime` fields to its
+UTCDateTime (aware, UTC), which is TIMESTAMP WITH TIME ZONE on PostgreSQL.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ def upgrade() -> None:
         sa.Column("groups", sa.String(), nullable=False),
         sa.Column("uploaded_by", sa.String(), nullable=True),
         sa.Column("n_chunks", sa.Integer(), nullable=False),
-        sa.Column("created_at", sa.DateTime(), nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("id"),
     )
     op.create_index("ix_document_name", "document", ["name"], unique=False)
@@ -64,7 +65,7 @@ def upgrade() -> None:
     op.create_table(
         "exchange",
         sa.Column("id", sa.Integer(), nullable=False),
-        sa.Column("created_at", sa.DateTime(), nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("user", sa.String(), nullable=True),
         sa.Column("messages_json", sa.String(), nullable=False),
         sa.Column("answer", sa.String(), nullable=False),
@@ -85,7 +86,7 @@ def upgrade() -> None:
         sa.Column("rating", sa.Integer(), nullable=False),
         sa.Column("comment", sa.String(), nullable=False),
         sa.Column("user", sa.String(), nullable=True),
-        sa.Column("created_at", sa.DateTime(), nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.ForeignKeyConstraint(["exchange_id"], ["exchange.id"]),
         sa.PrimaryKeyConstraint("id"),
     )

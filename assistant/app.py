@@ -1,0 +1,370 @@
+"""The HTTP API: OpenAI-compatible chat with retrieval-grounded answers, uploads, adapter reload.
+
+    app = create_app(load_settings("sandbox"))          # serve with `python -m assistant.server`
+    curl -s localhost:8321/v1/chat/completions -H 'content-type: application/json' \
+         -d '{"model": "protege", "messages": [{"role": "user", "content": "Who leads Zephyr?"}]}'
+
+Endpoints: POST /v1/chat/completions (stream or not), GET /v1/models, POST /v1/documents
+(multipart `file`, optional form fields `visibility`, `groups`), GET /v1/documents,
+POST /admin/adapters/reload, GET /healthz.
+
+Extra fields beside the OpenAI ones in chat answers: `adapter_version`, `sources`
+([{document_id, title, chunk_id}]) and `exchange_id` (the logged row); the adapter version is also
+in the `X-Protege-Adapter-Version` header. Streaming is real token streaming (the engine hands
+over text deltas as it decodes); `sources` and `adapter_version` ride on the first chunk,
+`exchange_id` on the last. Temperature defaults to 0 (greedy), unlike OpenAI's 1: a company
+assistant should answer the same question the same way. max_tokens defaults to and is capped at
+`serving.max_new_tokens` (one worker serves everyone). No auth yet: `user` is logged as None and
+/admin is open, so bind to localhost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from concurrent.futures import Future
+from contextlib import asynccontextmanager
+from typing import Any, Literal
+
+from fastapi import FastAPI, File, Form, Request, UploadFile
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
+from sqlmodel import Session
+from starlette.concurrency import run_in_threadpool
+
+from assistant.embedded_engine import EmbeddedEngine
+from assistant.engine import Engine, GenerationParams, GenerationResult, Message
+from assistant.hotswap import AdapterSwitcher
+from knowledge.db import open_database
+from knowledge.errors import BadInputError, NotFoundError, ProtegeError
+from knowledge.prompting import grounded_user_message
+from knowledge.settings import Settings
+from knowledge.store import KnowledgeStore, RetrievedChunk
+from knowledge.tables import Document, Exchange
+from learner.registry import Registry
+
+log = logging.getLogger(__name__)
+
+MODEL_ID = "protege"
+VERSION_HEADER = "X-Protege-Adapter-Version"
+
+
+class TextPart(BaseModel):
+    type: Literal["text"] = "text"
+    text: str
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    role: Literal["system", "developer", "user", "assistant"]
+    content: str | list[TextPart] = ""
+
+    def as_message(self) -> Message:
+        text = (
+            self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
+        )
+        return {"role": "system" if self.role == "developer" else self.role, "content": text}
+
+
+class StreamOptions(BaseModel):
+    include_usage: bool = False
+
+
+class ChatRequest(BaseModel):
+    """The OpenAI chat request fields protege honours; others are accepted and ignored."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: str = MODEL_ID
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    temperature: float = Field(default=0.0, ge=0.0, le=2.0)
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    stop: str | list[str] | None = None
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    n: int = 1
+
+
+def create_app(settings: Settings, *, engine: Engine | None = None) -> FastAPI:
+    """The FastAPI app. Without `engine`, loads the student of `settings.models.student`.
+
+    An engine passed in stays the caller's (not closed at shutdown).
+    """
+    owns_engine = engine is None
+    engine = engine if engine is not None else EmbeddedEngine.from_settings(settings)
+    db = open_database(settings.db_url)
+    switcher = AdapterSwitcher(Registry(settings), engine)
+    store = KnowledgeStore(settings, count_tokens=engine.count_tokens)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await run_in_threadpool(switcher.sync)  # serve whatever the registry says is served
+        switcher.start(settings.serving.registry_poll_seconds)
+        log.info("protege serving adapter %s", switcher.served)
+        try:
+            yield
+        finally:
+            switcher.stop()
+            if owns_engine:
+                await run_in_threadpool(engine.close)
+
+    app = FastAPI(title="protege", version="0.1.0", lifespan=lifespan)
+    app.state.settings = settings
+    app.state.engine = engine
+    app.state.switcher = switcher
+    app.state.store = store
+
+    @app.exception_handler(ProtegeError)
+    async def protege_error(_: Request, exc: ProtegeError) -> JSONResponse:
+        # the only place domain errors become HTTP errors
+        return JSONResponse(
+            status_code=exc.http_status,
+            content={"error": {"message": str(exc), "type": type(exc).__name__}},
+        )
+
+    # ---- chat ----------------------------------------------------------------------------------
+    def ground(messages: list[Message]) -> tuple[list[Message], list[RetrievedChunk]]:
+        """Put retrieved passages into the last user turn (blocking: run in a thread)."""
+        if not settings.serving.retrieval:
+            return messages, []
+        last = next(
+            (i for i in range(len(messages) - 1, -1, -1) if messages[i]["role"] == "user"), None
+        )
+        if last is None:
+            return messages, []
+        question = messages[last]["content"]
+        chunks = store.retrieve(question, settings.knowledge.top_k)
+        if not chunks:
+            return messages, []
+        grounded = list(messages)
+        grounded[last] = {
+            "role": "user",
+            "content": grounded_user_message(question, [c.text for c in chunks]),
+        }
+        return grounded, chunks
+
+    def log_exchange(
+        messages: list[Message],
+        result: GenerationResult,
+        chunks: list[RetrievedChunk],
+        started: float,
+    ) -> int | None:
+        row = Exchange(
+            user=None,
+            messages_json=json.dumps(messages, ensure_ascii=False),
+            answer=result.text,
+            adapter_version=result.adapter_version,
+            chunk_ids_json=json.dumps([c.chunk_id for c in chunks]),
+            latency_ms=(time.perf_counter() - started) * 1000,
+            prompt_tokens=result.prompt_tokens,
+            completion_tokens=result.completion_tokens,
+        )
+        try:
+            with Session(db, expire_on_commit=False) as session:
+                session.add(row)
+                session.commit()
+                return row.id
+        except Exception:  # the user still gets the answer; the missing row is logged loudly
+            log.exception("could not log the exchange (adapter %s)", result.adapter_version)
+            return None
+
+    def submit_pinned(
+        messages: list[Message], params: GenerationParams, on_text: Any = None
+    ) -> tuple[str, Future[GenerationResult]]:
+        """Pin the served version and queue the generation; the pin is held until it finishes."""
+        version = switcher.acquire()
+        try:
+            future = engine.submit(messages, params, version, on_text=on_text)
+        except BaseException:
+            switcher.release(version)
+            raise
+        # released when the generation ends, even if the client has gone away meanwhile
+        future.add_done_callback(lambda _: switcher.release(version))
+        return version, future
+
+    @app.post("/v1/chat/completions", response_model=None)
+    async def chat_completions(body: ChatRequest) -> JSONResponse | StreamingResponse:
+        started = time.perf_counter()
+        if body.model != MODEL_ID:
+            raise NotFoundError(f"unknown model {body.model!r}; this server serves {MODEL_ID!r}")
+        if body.n != 1:
+            raise BadInputError("only n=1 is supported")
+        cap = settings.serving.max_new_tokens
+        stops = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
+        params = GenerationParams(
+            max_tokens=min(body.max_completion_tokens or body.max_tokens or cap, cap),
+            temperature=body.temperature,
+            top_p=body.top_p,
+            stop=tuple(s for s in stops if s),
+        )
+        messages = [m.as_message() for m in body.messages]
+        model_messages, chunks = await run_in_threadpool(ground, messages)
+        sources = [
+            {"document_id": c.document_id, "title": c.title, "chunk_id": c.chunk_id} for c in chunks
+        ]
+        reply_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+
+        if not body.stream:
+            version, future = submit_pinned(model_messages, params)
+            result = await asyncio.wrap_future(future)
+            exchange_id = await run_in_threadpool(log_exchange, messages, result, chunks, started)
+            content = {
+                "id": reply_id,
+                "object": "chat.completion",
+                "created": created,
+                "model": MODEL_ID,
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": result.text},
+                        "finish_reason": result.finish_reason,
+                    }
+                ],
+                "usage": _usage(result),
+                "adapter_version": result.adapter_version,
+                "sources": sources,
+                "exchange_id": exchange_id,
+            }
+            return JSONResponse(content, headers={VERSION_HEADER: result.adapter_version})
+
+        loop = asyncio.get_running_loop()
+        deltas: asyncio.Queue[str | None] = asyncio.Queue()
+
+        def push(item: str | None) -> None:  # from the engine's worker thread
+            try:
+                loop.call_soon_threadsafe(deltas.put_nowait, item)
+            except RuntimeError:  # the event loop is gone (shutdown); nobody is listening
+                pass
+
+        version, future = submit_pinned(model_messages, params, on_text=push)
+        future.add_done_callback(lambda _: push(None))
+        # wait for the first delta (or the end) so errors before any output are real HTTP errors
+        first = await deltas.get()
+        if first is None:
+            future.result()  # raises the engine's error, if any, into the exception handler
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+
+        def chunk(delta: dict[str, str], finish: str | None = None, **extra: Any) -> str:
+            payload = {
+                "id": reply_id,
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": MODEL_ID,
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+                **extra,
+            }
+            return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
+
+        async def events() -> AsyncIterator[str]:
+            yield chunk(
+                {"role": "assistant", "content": ""}, adapter_version=version, sources=sources
+            )
+            item = first
+            while item is not None:
+                yield chunk({"content": item})
+                item = await deltas.get()
+            try:
+                result = future.result()
+            except ProtegeError as exc:  # headers are sent: the error goes in the stream
+                yield f"data: {json.dumps({'error': {'message': str(exc), 'type': type(exc).__name__}})}\n\n"
+                return
+            exchange_id = await run_in_threadpool(log_exchange, messages, result, chunks, started)
+            yield chunk({}, result.finish_reason, adapter_version=version, exchange_id=exchange_id)
+            if include_usage:
+                usage = {"id": reply_id, "object": "chat.completion.chunk", "created": created,
+                         "model": MODEL_ID, "choices": [], "usage": _usage(result)}  # fmt: skip
+                yield f"data: {json.dumps(usage)}\n\n"
+            yield "data: [DONE]\n\n"
+
+        return StreamingResponse(
+            events(),
+            media_type="text/event-stream",
+            headers={VERSION_HEADER: version, "Cache-Control": "no-cache"},
+        )
+
+    # ---- models, documents, admin ---------------------------------------------------------------
+    @app.get("/v1/models")
+    async def models() -> dict[str, Any]:
+        served = switcher.served
+        return {
+            "object": "list",
+            "data": [
+                {
+                    "id": MODEL_ID,
+                    "object": "model",
+                    "created": 0,
+                    "owned_by": "protege",
+                    "adapter_version": served,
+                }
+            ],  # fmt: skip
+        }
+
+    @app.post("/v1/documents", status_code=201)
+    async def upload_document(
+        file: UploadFile = File(...),
+        visibility: str = Form("company"),
+        groups: str = Form(""),
+    ) -> JSONResponse:
+        limit = settings.knowledge.max_upload_bytes
+        data = await file.read(limit + 1)  # never more than one byte past the limit
+        if len(data) > limit:
+            raise BadInputError(
+                f"{file.filename!r} is larger than the upload limit of {limit:,} bytes"
+            )
+        names = [g.strip() for g in groups.split(",") if g.strip()]
+        result = await run_in_threadpool(
+            lambda: store.ingest_bytes(
+                file.filename or "upload.txt", data, visibility=visibility, groups=names
+            )
+        )
+        body = {**_document_json(result.document), "created": result.created}
+        return JSONResponse(body, status_code=201 if result.created else 200)
+
+    @app.get("/v1/documents")
+    async def list_documents() -> dict[str, Any]:
+        documents = await run_in_threadpool(store.list_documents)
+        return {"object": "list", "data": [_document_json(d) for d in documents]}
+
+    @app.post("/admin/adapters/reload")
+    async def reload_adapters() -> dict[str, object]:
+        # AdapterIntegrityError -> 409 via the handler; the served version is unchanged then
+        return (await run_in_threadpool(switcher.reload)).as_dict()
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, Any]:
+        return {
+            "status": "ok",
+            "adapter_version": switcher.served,
+            "last_error": switcher.last_error,
+        }
+
+    return app
+
+
+def _usage(result: GenerationResult) -> dict[str, int]:
+    return {
+        "prompt_tokens": result.prompt_tokens,
+        "completion_tokens": result.completion_tokens,
+        "total_tokens": result.prompt_tokens + result.completion_tokens,
+    }
+
+
+def _document_json(document: Document) -> dict[str, Any]:
+    return {
+        "id": document.id,
+        "name": document.name,
+        "title": document.title,
+        "n_chunks": document.n_chunks,
+        "visibility": document.visibility,
+        "groups": [g for g in document.groups.split(",") if g],
+        "media_type": document.media_type,
+        "size_bytes": document.size_bytes,
+        "created_at": document.created_at.isoformat() if document.created_at else None,
+    }

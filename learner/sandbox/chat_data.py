@@ -1,0 +1,406 @@
+"""Chat data for the sandbox base: closed-book QA, instructions with verifiable constraints,
+in-context QA with distractor passages; plus the eval / prompt sets written into the manifest.
+
+    rng = random.Random(0)
+    chats = training_chats(world, rng, n=1000)     # [[{"role": ..., "content": ...}, ...]]
+    items = ifeval_items(world, day=1, rng=rng, n=100)
+
+Every generated response is verified with learner.evals.ifeval before it is used; topics are split
+into training and held-out eval topics so IFEval eval prompts never appear in training.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from typing import Any
+
+from knowledge.prompting import grounded_user_message
+from learner.evals.ifeval import check_instruction, count_words
+from learner.generation import Message
+from learner.sandbox import world as w
+
+TOPICS = (
+    "the spring offsite|code reviews|the coffee machine|team lunches|the new badge system|desk booking"
+    "|the quarterly planning|onboarding week|the printer on floor two|password resets|the summer party"
+    "|the bike storage|expense reports|the intranet search|meeting rooms|the holiday calendar"
+    "|the fire drill|the recycling rules|the parking garage|the all hands meeting|the visitor policy"
+    "|the new coffee beans|the hackathon|the mentoring program|the internal newsletter|laptop repairs"
+    "|the gym discount|the language classes|the book club|the charity run|the office plants|the kitchen rota"
+    "|the quiet zones|the travel booking tool|the shared calendar|the support rota|the design review"
+    "|the release checklist|the welcome lunch|the team retro|the lost and found|the mail room"
+    "|the winter market|the board games night|the wellbeing week|the security training|the cloud costs"
+    "|the office move|the new chairs|the standing desks|the fruit delivery|the photo contest"
+    "|the town hall|the feedback survey|the time tracking tool|the desk cleanup|the open day"
+    "|the coding dojo|the annual report|the tea selection"
+).split("|")
+N_EVAL_TOPICS = 16
+
+
+def _rows(text: str) -> list[list[str]]:
+    """Parse `a | b | c` lines (keeps the tables one line per entry under ruff format)."""
+    return [
+        [p.strip().replace("\\n", "\n") for p in line.split("|")]
+        for line in text.strip().splitlines()
+    ]
+
+
+# Task prompt | three content sentences of its templated response.
+TASKS = [
+    (r[0], r[1:])
+    for r in _rows("""
+Write a short note about {topic}. | Here is a short note about {topic}. | {Topic} matters to everyone at the company. | Please ask your manager if you have questions about {topic}.
+Write a message to the team about {topic}. | Hello team. | This message is about {topic}. | You can read more about {topic} on the intranet.
+Give me some advice about {topic}. | My advice about {topic} is simple. | Plan ahead and talk to your team about {topic}. | Keep notes so that {topic} goes well.
+Explain {topic} to a new employee. | Welcome to the company. | {Topic} is part of daily life here. | Your manager can tell you more about {topic}.
+Describe {topic} in a few sentences. | {Topic} is well known at the company. | Many colleagues talk about {topic}. | The intranet has a page about {topic}.
+""")
+]
+ABOUT, FILLERS, BULLET_FILLERS, END_PHRASES, SYSTEM_PROMPTS = _rows("""
+Tell me about {name}. | What do you know about {name}? | Give me a short profile of {name}.
+I hope this helps you with your work. | Please contact your manager if anything is unclear. | You can also find more details on the company intranet. | The team is always happy to answer further questions. | Thank you for reading this message carefully.
+Check the intranet for details. | Ask your manager for help. | Share updates with your team. | Keep your notes up to date. | Plan your week ahead.
+Any other questions? | Is there anything else I can help with? | Let me know if you have additional questions | Have a nice day | That is all for now | Thank you for reading
+You are protege, the company assistant. | You are a helpful assistant for company staff. | Answer questions about the company briefly.
+""")
+KEYWORDS = "budget schedule quality teamwork safety deadline feedback growth customer planning progress support training office coffee meeting report priority".split()
+LONG_WORDS = 34  # "at least N" responses always reach this many words (N <= 30)
+
+# Instruction id: phrasings (IFEval's own first, then variants), used for training and eval alike.
+IF_TEXT = {
+    line.split(": ", 1)[0]: [
+        p.strip().replace("\\n", "\n") for p in line.split(": ", 1)[1].split("|")
+    ]
+    for line in """
+change_case:english_lowercase: Your entire response should be in English, and in all lowercase letters. No capital letters are allowed. | Please reply in all lowercase letters. | Write your whole answer in lowercase letters only.
+change_case:english_capital: Your entire response should be in English, and in all capital letters. | Please reply in all capital letters. | Write your whole answer in capital letters only.
+detectable_format:json_format: Entire output should be wrapped in JSON format. | Wrap your entire answer in JSON format. | Please format your whole answer as JSON.
+detectable_format:number_bullet_lists: Your answer must contain exactly {num_bullets} bullet points. Use the markdown bullet points such as:\\n* This is point 1. | Answer with exactly {num_bullets} bullet points in markdown format. | Use exactly {num_bullets} markdown bullet points in your answer.
+startend:end_checker: Finish your response with this exact phrase {end_phrase}. No other words should follow this phrase. | End your answer with the exact phrase "{end_phrase}". | Your reply must end with the phrase {end_phrase}
+keywords:existence: Include keywords {kw} in the response. | Make sure to use the words {kw} in your answer. | Your answer must mention {kw}.
+punctuation:no_comma: In your entire response, refrain from the use of any commas. | Do not use any commas in your answer. | Avoid commas entirely in your reply.
+length_constraints:number_words: Answer with {relation} {num_words} words. | Your response should contain {relation} {num_words} words. | Use {relation} {num_words} words in your reply.
+detectable_content:postscript: At the end of your response, please explicitly add a postscript starting with {postscript_marker} | Add a postscript starting with {postscript_marker} to your answer. | Please include a postscript that starts with {postscript_marker}
+detectable_format:title: Your answer must contain a title, wrapped in double angular brackets, such as <<poem of joy>>. | Give your answer a title wrapped in double angular brackets like <<title>>. | Start with a title in double angular brackets such as <<my title>>.
+""".strip().splitlines()
+}
+IF_IDS = list(IF_TEXT)
+_SIMPLE = {"change_case:english_lowercase", "change_case:english_capital", "punctuation:no_comma"}
+# Which second instruction may join the first (symmetric check below).
+_PAIRS_OK = {
+    "detectable_format:json_format": _SIMPLE | {"keywords:existence"},
+    "length_constraints:number_words": _SIMPLE,
+}
+
+
+def _compatible(a: str, b: str) -> bool:
+    if a == b or {a, b} == {"change_case:english_lowercase", "change_case:english_capital"}:
+        return False
+    return (a not in _PAIRS_OK or b in _PAIRS_OK[a]) and (b not in _PAIRS_OK or a in _PAIRS_OK[b])
+
+
+def sample_kwargs(instruction_id: str, rng: random.Random) -> dict[str, Any]:
+    """IFEval kwargs for one instruction (same names as Google's IFEval)."""
+    if instruction_id == "detectable_format:number_bullet_lists":
+        return {"num_bullets": rng.randint(2, 5)}
+    if instruction_id == "startend:end_checker":
+        return {"end_phrase": rng.choice(END_PHRASES)}
+    if instruction_id == "keywords:existence":
+        return {"keywords": rng.sample(KEYWORDS, rng.randint(1, 2))}
+    if instruction_id == "length_constraints:number_words":
+        if rng.random() < 0.5:
+            return {"relation": "less than", "num_words": rng.randint(14, 30)}
+        return {"relation": "at least", "num_words": rng.randint(10, 30)}
+    if instruction_id == "detectable_content:postscript":
+        return {"postscript_marker": rng.choice(["P.S.", "P.P.S"])}
+    return {}
+
+
+def sample_instructions(rng: random.Random, max_n: int = 2) -> list[tuple[str, dict[str, Any]]]:
+    first = rng.choice(IF_IDS)
+    chosen = [first]
+    if max_n > 1 and rng.random() < 0.4:
+        chosen.append(rng.choice([i for i in IF_IDS if _compatible(first, i)]))
+    return [(i, sample_kwargs(i, rng)) for i in chosen]
+
+
+def instruction_text(instruction_id: str, kwargs: dict[str, Any], rng: random.Random) -> str:
+    kw = " and ".join(kwargs.get("keywords", []))
+    return rng.choice(IF_TEXT[instruction_id]).format(kw=kw, **kwargs)
+
+
+def render_response(
+    content: list[str], instrs: list[tuple[str, dict[str, Any]]], title: str
+) -> str:
+    """A response that follows `instrs`, built from content sentences (templated, so learnable)."""
+    ids = dict(instrs)
+    sentences = list(content)
+    if nw := ids.get("length_constraints:number_words"):
+        if nw["relation"] == "less than":
+            sentences = sentences[:1]
+        else:  # always long: the tiny model need not count, only tell the two relations apart
+            i = 0
+            while count_words(" ".join(sentences)) < LONG_WORDS:
+                sentences.append(FILLERS[i % len(FILLERS)])
+                i += 1
+    bullets = ids.get("detectable_format:number_bullet_lists")
+    if bullets:
+        items = (sentences + BULLET_FILLERS)[: bullets["num_bullets"]]
+        body = "\n".join(f"* {s}" for s in items)
+    else:
+        body = " ".join(sentences)
+    if kw := ids.get("keywords:existence"):
+        body += ("\n" if bullets else " ") + f"This answer mentions {' and '.join(kw['keywords'])}."
+    if "detectable_format:json_format" in ids:
+        body = json.dumps({"answer": body})
+    if "detectable_format:title" in ids:
+        body = f"<<{title}>>\n{body}"
+    if ps := ids.get("detectable_content:postscript"):
+        body += f"\n\n{ps['postscript_marker']} Feel free to ask me more questions."
+    if end := ids.get("startend:end_checker"):
+        body += f"\n{end['end_phrase']}"
+    if "change_case:english_lowercase" in ids:
+        body = body.lower()
+    if "change_case:english_capital" in ids:
+        body = body.upper()
+    if "punctuation:no_comma" in ids:
+        body = body.replace(",", "")
+    return body
+
+
+def follows_all(response: str, instrs: list[tuple[str, dict[str, Any]]]) -> bool:
+    return all(check_instruction(i, kw, response) for i, kw in instrs)
+
+
+def _with_instructions(
+    rng: random.Random, prompt: str, content: list[str], title: str
+) -> tuple[str, str]:
+    """(prompt + instruction texts, verified response); resamples until the checkers pass."""
+    for _ in range(20):
+        instrs = sample_instructions(rng)
+        response = render_response(content, instrs, title)
+        if follows_all(response, instrs):
+            texts = " ".join(instruction_text(i, kw, rng) for i, kw in instrs)
+            return f"{prompt} {texts}", response
+    raise RuntimeError(f"could not render a verified response for {prompt!r}")
+
+
+def _topic_task(rng: random.Random, topics: list[str]) -> tuple[str, list[str], str]:
+    topic = rng.choice(topics)
+    prompt, content = rng.choice(TASKS)
+    fill = {"topic": topic, "Topic": topic[0].upper() + topic[1:]}
+    return prompt.format(**fill), [c.format(**fill) for c in content], topic.title()
+
+
+def _chat(user: str, assistant: str | None, rng: random.Random) -> list[Message]:
+    messages = (
+        [{"role": "system", "content": rng.choice(SYSTEM_PROMPTS)}] if rng.random() < 0.2 else []
+    )
+    messages.append({"role": "user", "content": user})
+    if assistant is not None:
+        messages.append({"role": "assistant", "content": assistant})
+    return messages
+
+
+# --- in-context QA about freshly randomised entities -------------------------------------------
+
+
+def fresh_entity(rng: random.Random, kind: str, world: w.World) -> w.Entity:
+    """A random entity that is not in the world (so only the passage can answer)."""
+    taken = world.names(kind)
+    while True:
+        name = f"{rng.choice(w.FIRST_NAMES)} {rng.choice(w.LAST_NAMES)}"
+        if kind == "project":
+            name = f"{rng.choice(w.PROJECT_ADJ)} {rng.choice(w.PROJECT_NOUN)}"
+        if name not in taken:
+            break
+    person = f"{rng.choice(w.FIRST_NAMES)} {rng.choice(w.LAST_NAMES)}"
+    if kind == "person":
+        attrs = {"team": rng.choice(w.TEAMS), "city": rng.choice(w.CITIES), "manager": person}
+        attrs |= {
+            "project": f"{rng.choice(w.PROJECT_ADJ)} {rng.choice(w.PROJECT_NOUN)}",
+            "role": rng.choice(w.ROLES),
+        }
+    else:
+        attrs = {
+            "lead": person,
+            "launch": rng.choice(w.MONTHS),
+            "codename": rng.choice(w.CODENAMES),
+        }
+    return w.Entity(kind, name, attrs, day=-1)
+
+
+def passage(entity: w.Entity, rng: random.Random, must: str | None = None) -> str:
+    """A short document chunk: a subset of the entity's facts in random phrasings and order."""
+    facts = entity.facts()
+    keep = [f for f in facts if f.attr == must or rng.random() < 0.6] or [rng.choice(facts)]
+    rng.shuffle(keep)
+    text = " ".join(f.statement(rng.randrange(f.n_statements)) for f in keep)
+    if rng.random() < 0.4:
+        text = f"# {w._title(entity, rng.random() < 0.5)}\n{text}"
+    return text
+
+
+def incontext_item(rng: random.Random, world: w.World, templates: str = "ABC") -> dict[str, Any]:
+    """{"question", "answer", "context": [passages]}: 1-3 passages, exactly one relevant."""
+    kind = "person" if rng.random() < 0.75 else "project"
+    target = fresh_entity(rng, kind, world)
+    fact = rng.choice(target.facts())
+    passages = [passage(target, rng, must=fact.attr)]
+    for _ in range(rng.choice([0, 1, 1, 2, 2, 2])):
+        other = fresh_entity(rng, kind if rng.random() < 0.8 else "project", world)
+        if other.kind == "person" and rng.random() < 0.3:  # same first name: must read the surname
+            other.name = f"{target.name.split()[0]} {rng.choice(w.LAST_NAMES)}"
+        if other.name != target.name:
+            passages.append(passage(other, rng))
+    rng.shuffle(passages)
+    return {
+        "question": fact.question(rng.choice(templates)),
+        "answer": fact.value,
+        "context": passages,
+        "response": fact.statement(0),
+    }
+
+
+# --- training mixture ----------------------------------------------------------------------------
+
+
+def split_topics(seed: int) -> tuple[list[str], list[str]]:
+    """(training topics, held-out eval topics) for a world seed."""
+    topics = sorted(TOPICS)
+    random.Random(f"topics-{seed}").shuffle(topics)
+    return topics[N_EVAL_TOPICS:], topics[:N_EVAL_TOPICS]
+
+
+# (category, weight by number of examples); in-context QA gets the largest share of tokens.
+MIXTURE = [
+    ("qa", 0.30),
+    ("qa_if", 0.20),
+    ("incontext", 0.24),
+    ("incontext_if", 0.04),
+    ("task_if", 0.12),
+    ("about", 0.07),
+    ("hello", 0.03),
+]
+
+
+def training_chat(
+    rng: random.Random,
+    world: w.World,
+    category: str,
+    facts: list[w.Fact],
+    topics: list[str],
+    entities: list[w.Entity],
+    templates: str = "ABC",
+) -> list[Message]:
+    """One training conversation (ending with the assistant turn) of `category`."""
+    if category in ("qa", "qa_if"):
+        fact = rng.choice(facts)
+        question, content = fact.question(rng.choice(templates)), [fact.statement(0)]
+        if category == "qa":
+            return _chat(question, content[0], rng)
+        return _chat(*_with_instructions(rng, question, content, fact.name), rng)
+    if category in ("incontext", "incontext_if"):
+        item = incontext_item(rng, world, templates)
+        user = grounded_user_message(item["question"], item["context"])
+        if category == "incontext":
+            return _chat(user, item["response"], rng)
+        return _chat(*_with_instructions(rng, user, [item["response"]], "Answer"), rng)
+    if category == "task_if":
+        prompt, content, title = _topic_task(rng, topics)
+        if rng.random() < 0.15:
+            return _chat(prompt, " ".join(content), rng)
+        return _chat(*_with_instructions(rng, prompt, content, title), rng)
+    if category == "about":
+        entity = rng.choice(entities)
+        prompt = rng.choice(ABOUT).format(
+            name=entity.name if entity.kind == "person" else f"the {entity.name} {entity.kind}"
+        )
+        content = [f.statement(0) for f in entity.facts()]
+        if rng.random() < 0.4:
+            return _chat(prompt, " ".join(content), rng)
+        return _chat(*_with_instructions(rng, prompt, content, entity.name), rng)
+    greeting = rng.choice(["Hello", "Hi", "Good morning", "Hey there", "Who are you?"])
+    return _chat(
+        greeting,
+        "Hello. I am the company assistant. Ask me about people and projects and teams and offices and policies.",
+        rng,
+    )
+
+
+def training_chats(world: w.World, rng: random.Random, n: int) -> list[list[Message]]:
+    """`n` training conversations about the known world (day 0) following MIXTURE."""
+    facts, entities = world.facts(day=0), world.of_day(0)
+    topics, _ = split_topics(world.seed)
+    names, weights = zip(*MIXTURE, strict=True)
+    categories = rng.choices(names, weights=weights, k=n)
+    return [training_chat(rng, world, c, facts, topics, entities) for c in categories]
+
+
+# --- eval and prompt files -----------------------------------------------------------------------
+
+
+def qa_items(facts: list[w.Fact], templates: str) -> list[dict[str, str]]:
+    """{"question", "answer"} for every fact in every template of `templates`."""
+    return [{"question": f.question(t), "answer": f.value} for f in facts for t in templates]
+
+
+def ifeval_items(world: w.World, day: int, rng: random.Random, n: int) -> list[dict[str, Any]]:
+    """Held-out IFEval items: eval topics + A-template questions about the day's entities."""
+    _, topics = split_topics(world.seed)
+    facts, entities = world.facts(day), world.of_day(day)
+    items = []
+    while len(items) < n:
+        roll = rng.random()
+        if roll < 0.5:
+            prompt = _topic_task(rng, topics)[0]
+        elif roll < 0.8:
+            prompt = rng.choice(facts).question("A")
+        else:
+            e = rng.choice(entities)
+            prompt = rng.choice(ABOUT).format(
+                name=e.name if e.kind == "person" else f"the {e.name} {e.kind}"
+            )
+        instrs = sample_instructions(rng)
+        text = " ".join(instruction_text(i, kw, rng) for i, kw in instrs)
+        items.append(
+            {
+                "key": 1000 * day + len(items),
+                "prompt": f"{prompt} {text}",
+                "instruction_id_list": [i for i, _ in instrs],
+                "kwargs": [kw for _, kw in instrs],
+            }
+        )
+    return items
+
+
+def prompt_messages(chats: list[list[Message]]) -> list[dict[str, list[Message]]]:
+    """Drop the assistant turn: {"messages": [...]} prompts for sampling."""
+    return [{"messages": [m for m in c if m["role"] != "assistant"]} for c in chats]
+
+
+def chat_prompts(world: w.World, rng: random.Random, n: int) -> list[dict[str, list[Message]]]:
+    """General chat prompts (training distribution, B/C questions only) for background replay."""
+    facts, entities, topics = world.facts(0), world.of_day(0), split_topics(world.seed)[0]
+    names, weights = zip(*MIXTURE, strict=True)
+    categories = rng.choices(names, weights=weights, k=n)
+    chats = [training_chat(rng, world, c, facts, topics, entities, "BC") for c in categories]
+    return prompt_messages(chats)
+
+
+def opd_prompts(world: w.World, rng: random.Random, n: int) -> list[dict[str, list[Message]]]:
+    """Instruction prompts (training topics) and B/C questions about known entities, some with
+    constraints; disjoint from every eval prompt."""
+    facts, topics = world.facts(0), split_topics(world.seed)[0]
+    chats = []
+    for i in range(n):
+        if i % 3 == 0:
+            prompt, content, title = _topic_task(rng, topics)
+            user, _ = _with_instructions(rng, prompt, content, title)
+        else:
+            fact = rng.choice(facts)
+            user = fact.question(rng.choice("BC"))
+            if i % 3 == 1:
+                user, _ = _with_instructions(rng, user, [fact.statement(0)], fact.name)
+        chats.append(_chat(user, None, rng))
+    return [{"messages": c} for c in chats]

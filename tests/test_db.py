@@ -1,0 +1,143 @@
+"""Schema migrations on SQLite and on the real PostgreSQL server.
+
+    .venv/bin/python -m pytest tests/test_db.py -q
+
+PostgreSQL: `PROTEGE_TEST_POSTGRES_URL` (default postgresql+psycopg://postgres@127.0.0.1:5432/test).
+Each test creates its own uniquely named database there and drops it afterwards; the tests are
+skipped, saying why, when the server cannot be reached.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Engine, inspect
+from sqlalchemy.engine import make_url
+from sqlmodel import SQLModel
+
+import knowledge.tables  # noqa: F401  (puts the knowledge tables on SQLModel.metadata)
+from knowledge.db import MIGRATIONS_DIR, make_engine, open_database, upgrade_schema
+
+KNOWLEDGE_TABLES = {"document", "chunk", "documenttext", "exchange", "feedback"}
+POSTGRES_URL = os.environ.get(
+    "PROTEGE_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+)
+
+
+def head_revision() -> str:
+    # The newest revision, whatever it is: later revisions (learner tables) must not break this.
+    return ScriptDirectory(str(MIGRATIONS_DIR)).get_current_head() or ""
+
+
+def current_revision(engine: Engine) -> str | None:
+    with engine.connect() as connection:
+        return MigrationContext.configure(connection).get_current_revision()
+
+
+def knowledge_schema_diffs(engine: Engine) -> list:
+    """What autogenerate would change in the knowledge tables: [] when models and migrations agree."""
+
+    def ours(name: str | None, type_: str, *_: object) -> bool:
+        return type_ != "table" or name in KNOWLEDGE_TABLES
+
+    def ours_object(obj: object, name: str | None, type_: str, *_: object) -> bool:
+        return ours(name, type_)
+
+    with engine.connect() as connection:
+        opts = {"compare_type": True, "include_name": ours, "include_object": ours_object}
+        context = MigrationContext.configure(connection, opts=opts)
+        return compare_metadata(context, SQLModel.metadata)
+
+
+def check_upgrade_is_idempotent(engine: Engine) -> None:
+    upgrade_schema(engine)
+    assert current_revision(engine) == head_revision()
+    tables = set(inspect(engine).get_table_names())
+    assert KNOWLEDGE_TABLES <= tables
+    upgrade_schema(engine)  # second run: nothing to do, nothing breaks
+    upgrade_schema(engine)
+    assert current_revision(engine) == head_revision()
+    assert set(inspect(engine).get_table_names()) == tables
+    assert knowledge_schema_diffs(engine) == []
+
+
+def test_upgrade_schema_is_idempotent_on_sqlite(tmp_path: Path) -> None:
+    engine = make_engine(f"sqlite:///{tmp_path / 'nested' / 'protege.db'}")
+    try:
+        check_upgrade_is_idempotent(engine)
+    finally:
+        engine.dispose()
+
+
+def test_open_database_caches_one_engine_per_url(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'protege.db'}"
+    assert open_database(url) is open_database(url)
+    assert current_revision(open_database(url)) == head_revision()
+
+
+# -- PostgreSQL ----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A fresh database on the PostgreSQL server, dropped afterwards."""
+    psycopg = pytest.importorskip("psycopg")
+    admin_url = make_url(POSTGRES_URL)
+    conninfo = admin_url.set(drivername="postgresql").render_as_string(hide_password=False)
+    try:
+        admin = psycopg.connect(conninfo, autocommit=True, connect_timeout=3)
+    except psycopg.OperationalError as exc:
+        pytest.skip(f"PostgreSQL not reachable at {admin_url.render_as_string()}: {exc}")
+    name = f"protege_test_{uuid.uuid4().hex[:12]}"
+    try:
+        admin.execute(f'CREATE DATABASE "{name}"')
+        yield admin_url.set(database=name).render_as_string(hide_password=False)
+    finally:
+        # FORCE ends connections still open (pooled engines, open_database's cache).
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.close()
+
+
+@pytest.mark.postgres
+def test_upgrade_schema_is_idempotent_on_postgres(postgres_url: str) -> None:
+    engine = make_engine(postgres_url)
+    try:
+        check_upgrade_is_idempotent(engine)
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.postgres
+def test_knowledge_store_on_postgres(postgres_url: str, tmp_path: Path, monkeypatch) -> None:
+    from knowledge.errors import NotFoundError
+    from knowledge.settings import Settings
+    from knowledge.store import KnowledgeStore
+
+    store = KnowledgeStore(Settings(home=tmp_path, database_url=postgres_url))
+    try:
+        text = b"# Parking\n\nStaff park in garage B; visitors use level 1 of garage A.\n"
+        first = store.ingest_bytes("parking.md", text)
+        assert first.created and not store.ingest_bytes("again.md", text).created
+        [hit] = store.retrieve("where do visitors park?", k=1)
+        assert hit.document_id == first.document.id and hit.title == "Parking"
+        assert store.document_text(first.document.id) == text.decode()
+
+        monkeypatch.setattr(store.index, "add", lambda *a, **k: (_ for _ in ()).throw(OSError))
+        with pytest.raises(OSError):
+            store.ingest_bytes("other.txt", b"Lunch is served from noon.")
+        monkeypatch.undo()
+        assert [d.name for d in store.list_documents()] == ["parking.md"]
+
+        store.delete_document(first.document.id)
+        assert store.list_documents() == [] and store.index.count() == 0
+        with pytest.raises(NotFoundError):
+            store.get_document(first.document.id)
+    finally:
+        store.engine.dispose()

@@ -1,0 +1,258 @@
+"""Hot-swapping adapters: real LoRA adapters on the tiny student, the real registry and server.
+
+.venv/bin/python -m pytest tests/test_hotswap.py -q
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from types import SimpleNamespace
+
+import httpx
+import pytest
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+from sqlmodel import Session
+
+from assistant.app import create_app
+from assistant.engine import GenerationParams
+from assistant.server import serve_in_thread
+from knowledge.db import open_database
+from knowledge.settings import ModelsConfig, ServingConfig, Settings
+from knowledge.tables import Exchange
+from learner.modeling import load_causal_lm
+from learner.registry import BASE, Registry
+
+PROMPT = [{"role": "user", "content": "Who leads the Lisbon office?"}]
+MAX_TOKENS = 8
+
+
+@pytest.fixture(scope="module")
+def loras(sandbox_test) -> list[PeftModel]:
+    """Three LoRA adapters (r=4 on q_proj/v_proj), weights perturbed so each one matters."""
+    adapters = []
+    for seed in (1, 2, 3):
+        model = load_causal_lm(sandbox_test.student_dir, torch.device("cpu"))
+        peft_model = get_peft_model(
+            model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"])
+        )
+        generator = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for name, param in peft_model.named_parameters():
+                if "lora_" in name:
+                    param.copy_(torch.randn(param.shape, generator=generator) * 0.5)
+        adapters.append(peft_model)
+    return adapters
+
+
+@contextmanager
+def _server(student_dir: Path, home: Path, poll_seconds: float = 3600) -> Iterator[SimpleNamespace]:
+    settings = Settings(
+        home=home,
+        models=ModelsConfig(student=str(student_dir)),
+        serving=ServingConfig(
+            max_new_tokens=16, registry_poll_seconds=poll_seconds, retrieval=False
+        ),
+    )
+    registry = Registry(settings)
+    app = create_app(settings)
+    with serve_in_thread(app) as url, httpx.Client(base_url=url, timeout=120) as http:
+        yield SimpleNamespace(
+            url=url, http=http, settings=settings, registry=registry,
+            engine=app.state.engine, switcher=app.state.switcher,
+        )  # fmt: skip
+
+
+@pytest.fixture
+def server(sandbox_test, tmp_path) -> Iterator[SimpleNamespace]:
+    with _server(sandbox_test.student_dir, tmp_path) as served:
+        yield served
+
+
+def _register(registry: Registry, peft_model: PeftModel) -> str:
+    version = registry.next_version()
+    registry.register(
+        version, save=lambda folder: peft_model.save_pretrained(folder), parent_version=None,
+        base_model="test-student", config={}, documents=[], metrics={},
+    )  # fmt: skip
+    return version
+
+
+def _ask(http: httpx.Client) -> dict:
+    response = http.post(
+        "/v1/chat/completions",
+        json={"model": "protege", "messages": PROMPT, "max_tokens": MAX_TOKENS},
+    )
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert response.headers["X-Protege-Adapter-Version"] == body["adapter_version"]
+    return body
+
+
+def _answer(body: dict) -> str:
+    return body["choices"][0]["message"]["content"]
+
+
+def _logged_version(settings: Settings, exchange_id: int) -> str:
+    with Session(open_database(settings.db_url)) as session:
+        return session.get(Exchange, exchange_id).adapter_version
+
+
+def test_reload_serves_the_promoted_adapter_and_logs_it(server, loras):
+    base = _ask(server.http)
+    assert (
+        base["adapter_version"] == BASE
+        and _logged_version(server.settings, base["exchange_id"]) == BASE
+    )
+    v1 = _register(server.registry, loras[0])
+    server.registry.promote(v1)
+    assert _ask(server.http)["adapter_version"] == BASE  # promoted, not yet picked up
+
+    reload = server.http.post("/admin/adapters/reload")
+    assert reload.status_code == 200 and reload.json() == {
+        "served": v1,
+        "previous": BASE,
+        "changed": True,
+    }
+    body = _ask(server.http)
+    assert (
+        body["adapter_version"] == v1
+        and _logged_version(server.settings, body["exchange_id"]) == v1
+    )
+    assert _answer(body) != _answer(base)  # the adapter really changes the model
+    assert server.http.get("/v1/models").json()["data"][0]["adapter_version"] == v1
+    assert server.http.post("/admin/adapters/reload").json() == {
+        "served": v1,
+        "previous": v1,
+        "changed": False,
+    }
+    assert server.engine.loaded_versions() == [v1]
+
+    server.registry.rollback()  # back to base: the adapter is unloaded, the model is plain again
+    assert server.http.post("/admin/adapters/reload").json()["served"] == BASE
+    again = _ask(server.http)
+    assert again["adapter_version"] == BASE and _answer(again) == _answer(base)
+    assert server.engine.loaded_versions() == []
+
+
+def test_swap_during_concurrent_requests_fails_nothing(server, loras):
+    v1, v2 = _register(server.registry, loras[0]), _register(server.registry, loras[1])
+    expected = {BASE: _answer(_ask(server.http))}  # each version's greedy answer, asked alone
+    for version in (v1, v2):
+        server.registry.promote(version)
+        server.http.post("/admin/adapters/reload").raise_for_status()
+        expected[version] = _answer(_ask(server.http))
+    assert len(set(expected.values())) == 3, f"versions must be distinguishable: {expected}"
+    server.registry.promote(BASE)
+    server.http.post("/admin/adapters/reload").raise_for_status()
+
+    results: list[dict] = []
+    failures: list[str] = []
+    lock = threading.Lock()
+    done = threading.Event()
+
+    def client() -> None:
+        with httpx.Client(base_url=server.url, timeout=120) as http:
+            for n in range(1000):
+                if done.is_set() and n >= 3:
+                    return
+                try:
+                    body = _ask(http)
+                except Exception as exc:  # collected: any failure fails the test below
+                    with lock:
+                        failures.append(repr(exc))
+                    continue
+                with lock:
+                    results.append(body)
+
+    def wait_for_answers_from(version: str) -> None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            with lock:
+                if sum(body["adapter_version"] == version for body in results) >= 8:
+                    return
+            time.sleep(0.01)
+
+    threads = [threading.Thread(target=client) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    wait_for_answers_from(BASE)
+    for version in (v1, v2):  # swap twice while 8 clients keep asking
+        server.registry.promote(version)
+        assert server.http.post("/admin/adapters/reload").json()["served"] == version
+        wait_for_answers_from(version)
+    done.set()
+    for thread in threads:
+        thread.join()
+
+    assert failures == [] and len(results) >= 24
+    assert {body["adapter_version"] for body in results} == set(expected)
+    for body in results:  # each answer came from exactly the version it reports
+        assert _answer(body) == expected[body["adapter_version"]], body
+        assert _logged_version(server.settings, body["exchange_id"]) == body["adapter_version"]
+    assert server.switcher.pinned() == {}
+    assert server.engine.loaded_versions() == [v2]  # v1 was unloaded once its last request ended
+
+
+def test_old_adapter_stays_loaded_while_pinned(server, loras):
+    v1, v2 = _register(server.registry, loras[0]), _register(server.registry, loras[1])
+    server.registry.promote(v1)
+    server.http.post("/admin/adapters/reload").raise_for_status()
+    params = GenerationParams(max_tokens=MAX_TOKENS)
+    alone = server.engine.generate(PROMPT, params, v1).text
+    with server.switcher.pin() as pinned:
+        assert pinned == v1
+        server.registry.promote(v2)
+        assert server.http.post("/admin/adapters/reload").json() == {
+            "served": v2,
+            "previous": v1,
+            "changed": True,
+        }
+        assert server.switcher.served == v2 and server.engine.loaded_versions() == [v1, v2]
+        assert server.engine.generate(PROMPT, params, pinned).text == alone  # still v1's weights
+    assert server.engine.loaded_versions() == [v2]
+
+
+def test_tampered_adapter_is_refused_and_the_served_one_stays(server, loras):
+    v1, v2 = _register(server.registry, loras[0]), _register(server.registry, loras[2])
+    server.registry.promote(v1)
+    server.http.post("/admin/adapters/reload").raise_for_status()
+    before = _answer(_ask(server.http))
+    server.registry.promote(v2)
+    weights = server.registry.verify(v2) / "adapter_model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # one flipped byte inside the tensor data
+    weights.write_bytes(bytes(data))
+
+    refused = server.http.post("/admin/adapters/reload")
+    assert refused.status_code == 409
+    error = refused.json()["error"]
+    assert (
+        error["type"] == "AdapterIntegrityError"
+        and "checksum" in error["message"]
+        and v1 in error["message"]
+    )
+    body = _ask(server.http)
+    assert body["adapter_version"] == v1 and _answer(body) == before
+    health = server.http.get("/healthz").json()
+    assert health["adapter_version"] == v1 and v2 in health["last_error"]
+    assert server.engine.loaded_versions() == [v1]
+
+
+def test_startup_and_polling_follow_the_registry(sandbox_test, tmp_path, loras):
+    registry = Registry(Settings(home=tmp_path))
+    v1 = _register(registry, loras[0])
+    registry.promote(v1)
+    with _server(sandbox_test.student_dir, tmp_path, poll_seconds=0.2) as served:
+        assert _ask(served.http)["adapter_version"] == v1  # loaded at startup
+        v2 = _register(served.registry, loras[1])
+        served.registry.promote(v2)
+        deadline = time.monotonic() + 30
+        while served.switcher.served != v2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _ask(served.http)["adapter_version"] == v2  # no reload call: the poller swapped
+        assert served.engine.loaded_versions() == [v2]

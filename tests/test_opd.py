@@ -1,0 +1,150 @@
+"""OPD mechanics on a tiny random Qwen3 model: sampler log-probs, masks, teachers, learning signal."""
+
+from pathlib import Path
+
+import pytest
+import torch
+from peft import LoraConfig, get_peft_model
+from transformers import Qwen3Config, Qwen3ForCausalLM
+
+from knowledge.errors import IncompatibleTeacherError
+from knowledge.settings import DistillConfig, MidtrainConfig
+from learner import distill, midtrain
+from learner.modeling import load_tokenizer, stop_token_ids
+from learner.sampling import LocalSampler
+from learner.sandbox.tokenizer import train_tokenizer
+from learner.scoring import sequence_logprobs
+from learner.teachers.base import BaseModelTeacher
+from learner.teachers.local import LocalTeacher, check_compatible
+
+TEXTS = ["Ada Park works in the Berlin office and leads Project Falcon."] * 30 + [
+    "Hello, how can I help you today? Please answer in lowercase."
+] * 30
+PROMPTS = [
+    [{"role": "user", "content": "Where does Ada work?"}],
+    [{"role": "user", "content": "Say hello in lowercase, please, now."}],
+    [{"role": "user", "content": "Who leads Falcon?"}],
+]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    out = tmp_path_factory.mktemp("tiny")
+    train_tokenizer(TEXTS, 320, out / "tok")
+    tok = load_tokenizer(out / "tok")
+    torch.manual_seed(0)
+    cfg = Qwen3Config(
+        vocab_size=len(tok),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        head_dim=16,
+        tie_word_embeddings=True,
+        max_position_embeddings=256,
+        initializer_range=0.3,
+    )
+    base = Qwen3ForCausalLM(cfg)
+    base.save_pretrained(out / "model")
+    tok.save_pretrained(out / "model")
+    return out, tok
+
+
+def _student(out: Path, perturb: float = 0.0, seed: int = 0):
+    torch.manual_seed(seed)
+    model = Qwen3ForCausalLM.from_pretrained(out / "model")
+    peft = get_peft_model(
+        model,
+        LoraConfig(
+            r=4,
+            lora_alpha=8,
+            target_modules=["q_proj", "v_proj", "down_proj"],
+            task_type="CAUSAL_LM",
+        ),
+    )
+    if perturb:
+        with torch.no_grad():
+            for name, p in peft.named_parameters():
+                if "lora_" in name:
+                    p.normal_(0, perturb)
+    return peft.eval()
+
+
+def test_sampler_logprobs_match_a_scoring_forward_pass(tiny):
+    out, tok = tiny
+    model = _student(out, perturb=0.5)
+    batch = LocalSampler(model, tok).sample(PROMPTS, n=3, temperature=1.0, max_tokens=12)
+    with torch.no_grad():
+        scored = sequence_logprobs(model, batch.sequences_B_T, batch.attention_mask_B_T)
+    mask = batch.completion_mask_B_T
+    assert mask.any()
+    torch.testing.assert_close(scored[mask], batch.sampler_logprobs_B_T[mask], atol=2e-4, rtol=1e-4)
+    assert batch.prompt_index_B == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+
+
+def test_completion_mask_ends_at_the_first_stop_token(tiny):
+    out, tok = tiny
+    batch = LocalSampler(_student(out, perturb=0.5), tok).sample(
+        PROMPTS, n=4, temperature=1.0, max_tokens=12
+    )
+    stops = torch.tensor(stop_token_ids(tok))
+    for row, mask in zip(batch.sequences_B_T, batch.completion_mask_B_T, strict=True):
+        tokens = row[mask]
+        is_stop = torch.isin(tokens, stops)
+        if is_stop.any():  # a stop token may only be the last completion token
+            assert is_stop.nonzero()[0].item() == len(tokens) - 1
+
+
+def test_fresh_adapter_equals_base_teacher(tiny):
+    out, tok = tiny
+    model = _student(out)  # LoRA B = 0: the adapter is the identity
+    batch = LocalSampler(model, tok).sample(PROMPTS, n=2, temperature=1.0, max_tokens=8)
+    teacher_lp = BaseModelTeacher(model).logprobs(batch)
+    mask = batch.completion_mask_B_T
+    torch.testing.assert_close(
+        teacher_lp[mask], batch.sampler_logprobs_B_T[mask], atol=2e-4, rtol=1e-4
+    )
+
+
+def test_opd_pulls_the_student_toward_the_teacher(tiny):
+    out, tok = tiny
+    model = _student(out, perturb=0.1)
+    cfg = DistillConfig(steps=30, prompts_per_step=3, group_size=8, max_new_tokens=10, lr=1e-2)
+    logs: list[dict] = []
+    stats = distill.main(
+        model, tok, BaseModelTeacher(model), PROMPTS, cfg, seed=0, progress=False, log=logs.append
+    )
+    kl = [row["reverse_kl"] for row in logs]
+    first, last = sum(kl[:3]) / 3, sum(kl[-5:]) / 5
+    assert first > 0.05
+    assert last < 0.5 * first
+    assert stats["distill_student_tokens"] > 0
+
+
+def test_midtrain_lowers_document_loss(tiny):
+    out, tok = tiny
+    model = _student(out)
+    doc = "Ada Park works in the Berlin office and leads Project Falcon."
+    ids = torch.tensor([tok.encode(doc)])
+    with torch.no_grad():
+        before = -sequence_logprobs(model, ids, torch.ones_like(ids, dtype=torch.bool))[
+            0, 1:
+        ].mean()
+    cfg = MidtrainConfig(
+        epochs=40, batch_size=4, seq_len=32, lr=3e-2, warmup_steps=2, doc_fraction=0.7
+    )
+    stats = midtrain.main(model, tok, [doc] * 4, PROMPTS, cfg, progress=False)
+    with torch.no_grad():
+        after = -sequence_logprobs(model, ids, torch.ones_like(ids, dtype=torch.bool))[0, 1:].mean()
+    assert after < 0.7 * before
+    assert stats["midtrain_chat_tokens"] > 0  # background replay was mixed in
+
+
+def test_teacher_with_another_tokenizer_is_refused(tiny, tmp_path):
+    out, tok = tiny
+    train_tokenizer(["something else entirely, other words"] * 20, 300, tmp_path / "other")
+    with pytest.raises(IncompatibleTeacherError, match="tokenizer"):
+        check_compatible(tok, load_tokenizer(tmp_path / "other"))
+    with pytest.raises(IncompatibleTeacherError):
+        LocalTeacher(str(tmp_path / "other"), tok, torch.device("cpu"), "float32")
