@@ -62,12 +62,11 @@ class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     role: Literal["system", "developer", "user", "assistant"]
-    content: str | list[TextPart] = ""
+    content: str | list[TextPart] | None = ""
 
     def as_message(self) -> Message:
-        text = (
-            self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
-        )
+        parts = self.content or ""
+        text = parts if isinstance(parts, str) else "".join(p.text for p in parts)
         return {"role": "system" if self.role == "developer" else self.role, "content": text}
 
 
@@ -106,6 +105,12 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await run_in_threadpool(switcher.sync)  # serve whatever the registry says is served
+        if settings.serving.retrieval:  # this process owns the Chroma folder: repair it first
+            removed, added = await run_in_threadpool(store.sync_index)
+            if removed or added:
+                log.warning(
+                    "vector index repaired: %d stray vectors removed, %d added", removed, added
+                )
         switcher.start(settings.serving.registry_poll_seconds)
         log.info("protege serving adapter %s", switcher.served)
         try:
@@ -134,11 +139,10 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> FastAPI:
         """Put retrieved passages into the last user turn (blocking: run in a thread)."""
         if not settings.serving.retrieval:
             return messages, []
-        last = next(
-            (i for i in range(len(messages) - 1, -1, -1) if messages[i]["role"] == "user"), None
-        )
-        if last is None:
+        users = [i for i, m in enumerate(messages) if m["role"] == "user"]
+        if not users:
             return messages, []
+        last = users[-1]
         question = messages[last]["content"]
         chunks = store.retrieve(question, settings.knowledge.top_k)
         if not chunks:

@@ -29,8 +29,14 @@ def _sandbox_build(settings: Settings, args: argparse.Namespace) -> int:
 
     size = args.size or settings.sandbox.size
     seed = settings.sandbox.seed if args.seed is None else args.seed
-    manifest = build_sandbox(settings.sandbox_dir, size, seed, teacher=args.teacher, force=args.force,
-                             progress=not args.json)
+    manifest = build_sandbox(
+        settings.sandbox_dir,
+        size,
+        seed,
+        teacher=args.teacher,
+        force=args.force,
+        progress=not args.json,
+    )
     if args.json:
         print(manifest.model_dump_json(indent=2))
     else:
@@ -38,7 +44,9 @@ def _sandbox_build(settings: Settings, args: argparse.Namespace) -> int:
         print(f"  student: {manifest.student_dir}")
         print(f"  teacher: {manifest.teacher_dir or '(not built; --teacher builds it)'}")
         for day in manifest.days:
-            print(f"  {day.name}: {day.documents_dir}  qa={day.qa_file.name}  ifeval={day.ifeval_file.name}")
+            print(
+                f"  {day.name}: {day.documents_dir}  qa={day.qa_file.name}  ifeval={day.ifeval_file.name}"
+            )
     return 0
 
 
@@ -54,7 +62,9 @@ def _ingest(settings: Settings, args: argparse.Namespace) -> int:
     from learner.modeling import load_tokenizer, resolve_model_ref
 
     tokenizer = load_tokenizer(resolve_model_ref(settings, settings.models.student))
-    store = KnowledgeStore(settings, count_tokens=lambda s: len(tokenizer.encode(s, add_special_tokens=False)))
+    store = KnowledgeStore(
+        settings, count_tokens=lambda s: len(tokenizer.encode(s, add_special_tokens=False))
+    )
     results = store.ingest_paths([Path(p) for p in args.paths], uploaded_by=args.user)
     new = sum(r.created for r in results)
     print(f"ingested {len(results)} document(s): {new} new, {len(results) - new} already known")
@@ -65,12 +75,26 @@ def _train(settings: Settings, args: argparse.Namespace) -> int:
     from learner.pipeline import run_cycle
 
     if not args.now:
-        print("nothing to do: `protege train --now` runs a cycle now; `protege schedule` runs them nightly")
+        print(
+            "nothing to do: `protege train --now` runs a cycle now; `protege schedule` runs them nightly"
+        )
         return 2
     result = run_cycle(settings, trigger="manual", notify=not args.no_notify)
-    print(json.dumps({"run": result.run_id, "status": result.status, "message": result.message,
-                      "version": result.version, "promoted": result.promoted,
-                      "before": result.before, "after": result.after, "seconds": result.seconds}, indent=2))
+    print(
+        json.dumps(
+            {
+                "run": result.run_id,
+                "status": result.status,
+                "message": result.message,
+                "version": result.version,
+                "promoted": result.promoted,
+                "before": result.before,
+                "after": result.after,
+                "seconds": result.seconds,
+            },
+            indent=2,
+        )
+    )
     return 0 if result.status in {"succeeded", "skipped"} else 1
 
 
@@ -79,10 +103,16 @@ def _eval(settings: Settings, args: argparse.Namespace) -> int:
     from learner.loading import load_student
 
     model, tokenizer, version = load_student(settings, args.adapter)
-    scores = evaluate_model(model, tokenizer, qa_file=args.qa, ifeval_file=args.ifeval,
-                            max_new_tokens=settings.learner.eval.max_new_tokens,
-                            batch_size=settings.learner.eval.batch_size, limit=args.limit,
-                            progress=not args.json)
+    scores = evaluate_model(
+        model,
+        tokenizer,
+        qa_file=args.qa,
+        ifeval_file=args.ifeval,
+        max_new_tokens=settings.learner.eval.max_new_tokens,
+        batch_size=settings.learner.eval.batch_size,
+        limit=args.limit,
+        progress=not args.json,
+    )
     scores["adapter"] = version
     if args.json:
         print(json.dumps(scores))
@@ -106,9 +136,11 @@ def _adapters(settings: Settings, args: argparse.Namespace) -> int:
     for row in registry.list():
         m = json.loads(row.metrics_json)
         mark = " *" if row.version == served else ""
-        print(f"{row.version:8} {row.status:9} {m.get('qa_closed_book', float('nan')):6.3f} "
-              f"{m.get('ifeval_strict', float('nan')):7.3f} {row.parent_version or '-':8} "
-              f"{row.created_at:%Y-%m-%d %H:%M}{mark}")
+        print(
+            f"{row.version:8} {row.status:9} {m.get('qa_closed_book', float('nan')):6.3f} "
+            f"{m.get('ifeval_strict', float('nan')):7.3f} {row.parent_version or '-':8} "
+            f"{row.created_at:%Y-%m-%d %H:%M}{mark}"
+        )
     print(f"served: {served}")
     return 0
 
@@ -117,7 +149,9 @@ def _schedule(settings: Settings, args: argparse.Namespace) -> int:
     from learner.scheduler import build_scheduler
 
     scheduler = build_scheduler(settings, blocking=True)
-    print(f"protege scheduler: cron {settings.schedule.cron!r} ({settings.schedule.timezone}); Ctrl-C stops")
+    print(
+        f"protege scheduler: cron {settings.schedule.cron!r} ({settings.schedule.timezone}); Ctrl-C stops"
+    )
     try:
         scheduler.start()
     except (KeyboardInterrupt, SystemExit):
@@ -132,7 +166,9 @@ def _demo(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="protege", description="A company assistant that keeps learning.")
+    parser = argparse.ArgumentParser(
+        prog="protege", description="A company assistant that keeps learning."
+    )
     parser.add_argument("--config", help="profile name in configs/ or a YAML path")
     parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -175,7 +211,9 @@ def build_parser() -> argparse.ArgumentParser:
     promote.set_defaults(func=_adapters)
     adapters_sub.add_parser("rollback").set_defaults(func=_adapters)
 
-    sub.add_parser("schedule", help="run cycles on the configured cron").set_defaults(func=_schedule)
+    sub.add_parser("schedule", help="run cycles on the configured cron").set_defaults(
+        func=_schedule
+    )
 
     demo = sub.add_parser("demo", help="the whole loop on the sandbox")
     demo.add_argument("--no-wait", action="store_true", help="stop the server when done")
@@ -185,8 +223,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     try:
         settings = load_settings(args.config)
         return args.func(settings, args)

@@ -54,10 +54,15 @@ def _wait_ready(url: str, proc: subprocess.Popen, timeout: float = 300) -> None:
 
 
 def _ask(client: httpx.Client, question: str) -> dict:
-    response = client.post("/v1/chat/completions", json={
-        "model": "protege", "messages": [{"role": "user", "content": question}],
-        "max_tokens": 48, "temperature": 0,
-    })
+    response = client.post(
+        "/v1/chat/completions",
+        json={
+            "model": "protege",
+            "messages": [{"role": "user", "content": question}],
+            "max_tokens": 48,
+            "temperature": 0,
+        },
+    )
     response.raise_for_status()
     body = response.json()
     return {
@@ -70,8 +75,10 @@ def _ask(client: httpx.Client, question: str) -> dict:
 def _print_answers(title: str, questions: list[dict], answers: list[dict]) -> None:
     print(f"\n--- {title} ---")
     for q, a in zip(questions, answers, strict=True):
-        print(f"Q: {q['question']}\n   expected: {q['answer']}\n   [{a['version']}] {a['answer']!r}"
-              f"  sources: {a['sources']}")
+        print(
+            f"Q: {q['question']}\n   expected: {q['answer']}\n   [{a['version']}] {a['answer']!r}"
+            f"  sources: {a['sources']}"
+        )
 
 
 def _table(before: dict, after: dict) -> str:
@@ -81,10 +88,15 @@ def _table(before: dict, after: dict) -> str:
         ("IFEval loose", "ifeval_loose"),
         ("QA on known entities", "known_qa"),
     ]
-    lines = [f"| {'metric':28} | {'before (base)':>13} | {'after (adapter)':>15} |", f"|{'-' * 30}|{'-' * 15}|{'-' * 17}|"]
+    lines = [
+        f"| {'metric':28} | {'before (base)':>13} | {'after (adapter)':>15} |",
+        f"|{'-' * 30}|{'-' * 15}|{'-' * 17}|",
+    ]
     for label, key in rows:
         if key in before or key in after:
-            lines.append(f"| {label:28} | {before.get(key, float('nan')):13.1%} | {after.get(key, float('nan')):15.1%} |")
+            lines.append(
+                f"| {label:28} | {before.get(key, float('nan')):13.1%} | {after.get(key, float('nan')):15.1%} |"
+            )
     return "\n".join(lines)
 
 
@@ -114,7 +126,9 @@ def run_demo(settings: Settings, keep_serving: bool = True, n_questions: int = 4
     with open(log_path, "w") as log_file:
         server = subprocess.Popen(
             [sys.executable, "-m", "assistant.cli", "--config", str(config_path), "serve"],
-            stdout=log_file, stderr=subprocess.STDOUT, env=env,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            env=env,
         )
     try:
         t0 = time.perf_counter()
@@ -125,7 +139,9 @@ def run_demo(settings: Settings, keep_serving: bool = True, n_questions: int = 4
         t0 = time.perf_counter()
         files = sorted(day.documents_dir.glob("*.md"))
         for path in files:
-            client.post("/v1/documents", files={"file": (path.name, path.read_bytes(), "text/markdown")}).raise_for_status()
+            client.post(
+                "/v1/documents", files={"file": (path.name, path.read_bytes(), "text/markdown")}
+            ).raise_for_status()
         timings["ingest"] = time.perf_counter() - t0
         print(f"[demo] uploaded {len(files)} {day.name} documents")
 
@@ -141,13 +157,19 @@ def run_demo(settings: Settings, keep_serving: bool = True, n_questions: int = 4
 
         t0 = time.perf_counter()
         answers = [_ask(client, q["question"]) for q in questions]
-        while result.promoted and answers[-1]["version"] != result.version and time.perf_counter() - t0 < 60:
+        while (
+            result.promoted
+            and answers[-1]["version"] != result.version
+            and time.perf_counter() - t0 < 60
+        ):
             time.sleep(1)  # the server swaps on notify (or on its next registry poll)
             answers = [_ask(client, q["question"]) for q in questions]
         timings["swap + answers"] = time.perf_counter() - t0
         _print_answers("after the cycle and the hot-swap", questions, answers)
 
-        print("\nBefore/after on the sandbox (closed-book: no retrieval; IFEval: held-out prompts)\n")
+        print(
+            "\nBefore/after on the sandbox (closed-book: no retrieval; IFEval: held-out prompts)\n"
+        )
         print(_table(result.before, result.after))
         timings["total"] = time.perf_counter() - started
         print("\nTimings (s): " + ", ".join(f"{k} {v:.1f}" for k, v in timings.items()))

@@ -5,16 +5,15 @@
     print(engine.generate([{"role": "user", "content": "Hi"}], GenerationParams(), "v0002").text)
     engine.close()
 
-Why one thread: a peft model has one *active* adapter at a time, so loading, selecting and
-deleting adapters must never interleave with a forward pass. Every request and every adapter
-operation goes through one FIFO queue; the worker takes the head and, when it is a generation,
-batches it with the other queued generations of the same adapter version and sampling settings
-(they can share one `generate` call). Adapter operations are never reordered with each other and
-no generation is moved past one, so `unload` runs only after everything queued before it.
+Why one thread: a peft model has one *active* adapter, so loading, selecting and deleting
+adapters must never interleave with a forward pass. Requests and adapter operations share one FIFO
+queue; a generation at the head is batched with the other queued generations of the same adapter
+and sampler (one `generate` call). No generation is moved past an adapter operation, so `unload`
+runs only after everything queued before it.
 
-Streaming is real: a per-row stopping criterion sees every new token as `generate` decides it,
-decodes it and hands the text delta to the request's `on_text` callback (holding back text that
-could still turn into a stop string, and half-decoded UTF-8).
+Streaming is real: a per-row stopping criterion sees each new token as `generate` picks it and
+hands the decoded delta to `on_text` (holding back a possible stop-string start or half a UTF-8
+character).
 """
 
 from __future__ import annotations
@@ -70,12 +69,9 @@ class _Request:
     @property
     def key(self) -> tuple[str, float, float]:
         # requests can share one generate() call only with the same adapter and sampler
-        greedy = self.params.temperature <= 0
-        return (
-            self.version,
-            0.0 if greedy else self.params.temperature,
-            1.0 if greedy else self.params.top_p,
-        )
+        if self.params.temperature <= 0:
+            return (self.version, 0.0, 1.0)
+        return (self.version, self.params.temperature, self.params.top_p)
 
 
 @dataclass(eq=False)
@@ -109,14 +105,13 @@ class _RowCriteria(StoppingCriteria):
         self.rows = rows
 
     def __call__(
-        self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any
-    ) -> torch.BoolTensor:
+        self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any
+    ) -> torch.Tensor:
         for i, row in enumerate(self.rows):
             if not row.done:
                 self.engine._advance(row, int(input_ids[i, -1]))
-        return torch.tensor(
-            [row.done for row in self.rows], dtype=torch.bool, device=input_ids.device
-        )
+        done = [row.done for row in self.rows]
+        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
 
 
 class EmbeddedEngine:
@@ -145,6 +140,7 @@ class EmbeddedEngine:
         self._max_positions = getattr(self._base.config, "max_position_embeddings", None)
         self._queue: queue.Queue[Any] = queue.Queue()
         self._closed = False
+        self.stats = {"batches": 0, "requests": 0, "max_batch": 0}  # written by the worker only
         self._thread = threading.Thread(target=self._run, name="protege-engine", daemon=True)
         self._thread.start()
 
@@ -153,12 +149,8 @@ class EmbeddedEngine:
         """The student named by `settings.models.student`, on the configured device and dtype."""
         configure_threads(settings)
         path = resolve_model_ref(settings, settings.models.student)
-        return cls(
-            path,
-            device=torch_device(settings),
-            dtype=settings.models.dtype,
-            max_batch_size=max_batch_size,
-        )
+        device, dtype = torch_device(settings), settings.models.dtype
+        return cls(path, device=device, dtype=dtype, max_batch_size=max_batch_size)
 
     # ---- public API (any thread) -----------------------------------------------------------
     def submit(
@@ -173,9 +165,9 @@ class EmbeddedEngine:
         return future
 
     def generate(
-        self, messages: list[Message], params: GenerationParams, adapter_version: str
+        self, messages: list[Message], params: GenerationParams, version: str
     ) -> GenerationResult:
-        return self.submit(messages, params, adapter_version).result()
+        return self.submit(messages, params, version).result()
 
     def ensure_loaded(self, version: str, folder: Path | None) -> None:
         if version == BASE:
@@ -228,7 +220,9 @@ class EmbeddedEngine:
                     break
             head = backlog.popleft()
             if head is _STOP:
-                for item in backlog:  # only items that raced close(); nobody else will run them
+                while not self._queue.empty():  # items that raced close(): nobody will run them
+                    backlog.append(self._queue.get_nowait())
+                for item in backlog:
                     if item is not _STOP and item.future.set_running_or_notify_cancel():
                         item.future.set_exception(ProtegeError("the engine is shut down"))
                 return
@@ -244,6 +238,9 @@ class EmbeddedEngine:
                     backlog.remove(item)
             batch = [r for r in batch if r.future.set_running_or_notify_cancel()]
             if batch:
+                self.stats["batches"] += 1
+                self.stats["requests"] += len(batch)
+                self.stats["max_batch"] = max(self.stats["max_batch"], len(batch))
                 self._generate_batch(batch)
 
     # ---- worker thread only ------------------------------------------------------------------
@@ -255,7 +252,12 @@ class EmbeddedEngine:
                 self._base, str(folder), adapter_name=version, is_trainable=False
             )
         else:
-            self._model.load_adapter(str(folder), adapter_name=version, is_trainable=False)
+            try:
+                self._model.load_adapter(str(folder), adapter_name=version, is_trainable=False)
+            except Exception:
+                if version in self._model.peft_config:  # drop the half-loaded adapter
+                    self._model.delete_adapter(version)
+                raise
         self._model.eval()
         self._loaded.add(version)
         log.info("adapter %s loaded from %s", version, folder)
@@ -291,71 +293,70 @@ class EmbeddedEngine:
         self._model.set_adapter(version)
         yield
 
-    def _generate_batch(self, batch: list[_Request]) -> None:
+    def _admit(self, request: _Request) -> list[int] | None:
+        """The prompt's token ids, or None after failing just this request (bad input)."""
         try:
-            prompts = [chat_prompt(self.tokenizer, r.messages) for r in batch]
-            ids = self.tokenizer(prompts, add_special_tokens=False)["input_ids"]
-            rows: list[_Request] = []
-            kept: list[list[int]] = []
-            for request, prompt_ids in zip(batch, ids, strict=True):
-                total = len(prompt_ids) + request.params.max_tokens
-                if self._max_positions and total > self._max_positions:
-                    request.future.set_exception(
-                        BadInputError(
-                            f"prompt ({len(prompt_ids)} tokens) + max_tokens ({request.params.max_tokens}) "
-                            f"exceeds the model's context of {self._max_positions} tokens"
-                        )
-                    )
-                    continue
-                request.prompt_tokens = len(prompt_ids)
-                rows.append(request)
-                kept.append(prompt_ids)
-            if not rows:
-                return
-            enc = self.tokenizer.pad({"input_ids": kept}, padding=True, return_tensors="pt").to(
-                self.device
+            prompt = chat_prompt(self.tokenizer, request.messages)
+            ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+            total = len(ids) + request.params.max_tokens
+            if self._max_positions and total > self._max_positions:
+                raise BadInputError(
+                    f"prompt ({len(ids)} tokens) + max_tokens ({request.params.max_tokens}) exceeds "
+                    f"the model's context of {self._max_positions} tokens"
+                )
+        except Exception as exc:
+            request.future.set_exception(
+                exc if isinstance(exc, ProtegeError) else BadInputError(str(exc))
             )
-            params = rows[0].params  # same sampler for the whole batch (see _Request.key)
+            return None
+        request.prompt_tokens = len(ids)
+        return ids
+
+    def _generate_batch(self, batch: list[_Request]) -> None:
+        admitted = [(r, ids) for r in batch if (ids := self._admit(r)) is not None]
+        if not admitted:
+            return
+        rows = [r for r, _ in admitted]
+        try:
+            enc = self.tokenizer.pad(
+                {"input_ids": [ids for _, ids in admitted]}, return_tensors="pt"
+            )
+            params = rows[0].params  # one sampler for the whole batch (see _Request.key)
+            sampling: dict[str, Any] = {"do_sample": False}
             if params.temperature > 0:
                 sampling = {
                     "do_sample": True,
                     "temperature": params.temperature,
                     "top_p": params.top_p,
-                    "top_k": 0,
                 }
-            else:
-                sampling = {"do_sample": False}
+                sampling["top_k"] = 0  # OpenAI semantics: no top-k unless asked (it cannot be)
             with torch.inference_mode(), self._adapter(rows[0].version):
                 self._model.generate(
-                    input_ids=enc["input_ids"],
-                    attention_mask=enc["attention_mask"],
+                    input_ids=enc["input_ids"].to(self.device),
+                    attention_mask=enc["attention_mask"].to(self.device),
                     max_new_tokens=max(r.params.max_tokens for r in rows),
                     eos_token_id=sorted(self._stop_ids),
                     pad_token_id=self.tokenizer.pad_token_id,
                     stopping_criteria=StoppingCriteriaList([_RowCriteria(self, rows)]),
                     **sampling,
                 )
-            for row in rows:
-                if not row.done:  # generate ran out of new tokens before this row decided
-                    row.done = True
-                    self._emit(row)
-                row.future.set_result(
-                    GenerationResult(
-                        text=row.text,
-                        prompt_tokens=row.prompt_tokens,
-                        completion_tokens=len(row.ids),
-                        adapter_version=row.version,
-                        finish_reason="stop" if row.finish == "stop" else "length",
-                    )
-                )
         except Exception as exc:  # one bad batch must not kill the worker
             if isinstance(exc, ProtegeError):
-                log.warning("generation refused for adapter %s: %s", batch[0].version, exc)
+                log.warning("generation refused for adapter %s: %s", rows[0].version, exc)
             else:
-                log.exception("generation failed for adapter %s", batch[0].version)
-            for request in batch:
-                if not request.future.done():
-                    request.future.set_exception(exc)
+                log.exception("generation failed for adapter %s", rows[0].version)
+            for row in rows:
+                row.future.set_exception(exc)
+            return
+        for row in rows:
+            if not row.done:  # generate ran out of new tokens before this row decided
+                row.done = True
+                self._emit(row)
+            finish = "stop" if row.finish == "stop" else "length"
+            result = GenerationResult(
+                row.text, row.prompt_tokens, len(row.ids), row.version, finish
+            )
+            row.future.set_result(result)
 
     def _advance(self, row: _Request, token: int) -> None:
         """Take one new token of `row`: update its text, decide whether it is finished, stream."""

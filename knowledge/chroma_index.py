@@ -24,6 +24,7 @@ class ChromaIndex:
     def __init__(self, path: Path, collection: str) -> None:
         import chromadb
         from chromadb.config import Settings as ChromaSettings
+        from chromadb.errors import InvalidArgumentError
 
         path.mkdir(parents=True, exist_ok=True)
         # Telemetry would try the network on every start; this machine may have none.
@@ -36,7 +37,7 @@ class ChromaIndex:
                 embedding_function=None,
                 configuration={"hnsw": {"space": "cosine"}},
             )
-        except ValueError as exc:  # e.g. a name outside 3-512 characters
+        except (ValueError, InvalidArgumentError) as exc:  # e.g. a name of 2 characters
             raise ConfigError(f"chroma collection {collection!r}: {exc}") from exc
         # The raw JSON: `.configuration` warns about the (intended) absent embedding function.
         hnsw = (self._collection.configuration_json or {}).get("hnsw") or {}

@@ -1,7 +1,7 @@
 """Database engine and schema setup (SQLite by default, PostgreSQL via `PROTEGE_DATABASE_URL`).
 
-    engine = open_database(settings.db_url)   # creates / upgrades the schema with Alembic
-    with Session(engine) as session: ...
+engine = open_database(settings.db_url)   # creates / upgrades the schema with Alembic
+with Session(engine) as session: ...
 """
 
 from __future__ import annotations

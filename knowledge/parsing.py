@@ -1,6 +1,7 @@
 """Turn an uploaded file (name + bytes) into clean text and a title. Plain text and Markdown.
 
     parsed = parse_document("handbook.md", data)   # ParsedDocument(name, title, text, media_type)
+    files = collect_files([Path("docs/")])          # the .txt/.md files to ingest, recursively
 
 Everything an upload can get wrong is a `BadInputError` (400) with a message meant for the user;
 a file type we cannot read is an `UnsupportedDocumentError` (415).
@@ -10,10 +11,11 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 
-from knowledge.errors import BadInputError, UnsupportedDocumentError
+from knowledge.errors import BadInputError, NotFoundError, UnsupportedDocumentError
 
 MEDIA_TYPES = {".txt": "text/plain", ".md": "text/markdown", ".markdown": "text/markdown"}
 SUPPORTED_SUFFIXES = frozenset(MEDIA_TYPES)
@@ -102,3 +104,19 @@ def parse_document(name: str, data: bytes) -> ParsedDocument:
     text = decode_text(clean, data)
     title = find_title(text, clean, markdown=media_type == "text/markdown")
     return ParsedDocument(name=clean, title=title, text=text, media_type=media_type)
+
+
+def collect_files(paths: Sequence[Path]) -> list[Path]:
+    """Files as given plus supported files under folders (sorted, hidden ones skipped)."""
+    found: dict[Path, None] = {}  # ordered set
+    for path in map(Path, paths):
+        if path.is_dir():
+            for child in sorted(path.rglob("*")):
+                hidden = any(part.startswith(".") for part in child.relative_to(path).parts)
+                if child.is_file() and not hidden and child.suffix.lower() in SUPPORTED_SUFFIXES:
+                    found.setdefault(child, None)
+        elif path.is_file():
+            found.setdefault(path, None)
+        else:
+            raise NotFoundError(f"{path}: no such file or folder")
+    return list(found)

@@ -32,7 +32,7 @@ from knowledge.chunking import chunk_text, count_words
 from knowledge.db import open_database
 from knowledge.embeddings import Embedder, get_embedder
 from knowledge.errors import BadInputError, NotFoundError, ProtegeError
-from knowledge.parsing import SUPPORTED_SUFFIXES, parse_document
+from knowledge.parsing import collect_files, parse_document
 from knowledge.settings import Settings
 from knowledge.tables import Chunk, Document, DocumentText
 from knowledge.vector_index import VectorIndex
@@ -96,22 +96,6 @@ def _acl_where(caller_groups: Sequence[str]) -> dict[str, Any]:
     return {"$or": [company, *({f"{_GROUP_KEY}{g}": True} for g in caller_groups)]}
 
 
-def _collect_files(paths: Sequence[Path]) -> list[Path]:
-    """Files as given plus supported files under folders (sorted, hidden ones skipped)."""
-    found: dict[Path, None] = {}  # ordered set
-    for path in map(Path, paths):
-        if path.is_dir():
-            for child in sorted(path.rglob("*")):
-                hidden = any(part.startswith(".") for part in child.relative_to(path).parts)
-                if child.is_file() and not hidden and child.suffix.lower() in SUPPORTED_SUFFIXES:
-                    found.setdefault(child, None)
-        elif path.is_file():
-            found.setdefault(path, None)
-        else:
-            raise NotFoundError(f"{path}: no such file or folder")
-    return list(found)
-
-
 class KnowledgeStore:
     """Documents, chunks and their vectors. See the module docstring."""
 
@@ -168,7 +152,10 @@ class KnowledgeStore:
         visibility: str = "company",
         groups: Sequence[str] = (),
     ) -> IngestResult:
-        """Parse, chunk, embed and store one file; the same bytes twice give one document."""
+        """Parse, chunk, embed and store one file (all or nothing).
+
+        The same bytes twice give one document: the first upload's name and access are kept.
+        """
         limit = self.settings.knowledge.max_upload_bytes
         if len(data) > limit:
             raise BadInputError(f"{name!r} is {len(data):,} bytes; the upload limit is {limit:,}")
@@ -273,7 +260,7 @@ class KnowledgeStore:
 
         Stops at the first bad file, raising its error with the path; files before it stay.
         """
-        files = _collect_files(paths)
+        files = collect_files(paths)
         limit = self.settings.knowledge.max_upload_bytes
         results = []
         for path in tqdm(files, desc="ingest", unit="file", disable=not progress):
@@ -315,32 +302,19 @@ class KnowledgeStore:
         if not hits:
             return []
         with self.session() as session:
-            chunks = {
-                c.id: c
-                for c in session.exec(select(Chunk).where(col(Chunk.id).in_([h.id for h in hits])))
-            }
-            doc_ids = {c.document_id for c in chunks.values()}
-            documents = {
-                d.id: d for d in session.exec(select(Document).where(col(Document.id).in_(doc_ids)))
-            }
+            query = select(Chunk, Document).join(Document)
+            rows = session.exec(query.where(col(Chunk.id).in_([h.id for h in hits])))
+            found = {chunk.id: (chunk, document) for chunk, document in rows}
         results = []
         for hit in hits:
-            chunk = chunks.get(hit.id)
-            document = documents.get(chunk.document_id) if chunk else None
             # SQL is the truth: skip vectors of deleted documents and re-check the ACL.
+            chunk, document = found.get(hit.id, (None, None))
             if chunk is None or document is None or not _visible(document, caller_groups):
                 continue
             results.append(
-                RetrievedChunk(
-                    chunk_id=chunk.id,
-                    document_id=chunk.document_id,
-                    title=document.title,
-                    text=chunk.text,
-                    score=hit.score,
-                    name=document.name,
-                    position=chunk.position,
-                )
-            )
+                RetrievedChunk(chunk.id, chunk.document_id, document.title, chunk.text,
+                               hit.score, name=document.name, position=chunk.position)
+            )  # fmt: skip
         return results
 
     # -- reading ---------------------------------------------------------------------------------

@@ -19,7 +19,9 @@ class Document(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     name: str = Field(index=True)  # file name as uploaded (sanitised)
     title: str
-    sha256: str = Field(index=True, unique=True)  # of the raw bytes: the same bytes twice = one document
+    sha256: str = Field(
+        index=True, unique=True
+    )  # of the raw bytes: the same bytes twice = one document
     size_bytes: int
     media_type: str = "text/plain"
     visibility: str = "company"  # "company" or "groups"

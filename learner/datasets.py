@@ -34,7 +34,9 @@ def uses_sandbox(settings: Settings) -> bool:
 
 
 def sandbox_manifest(settings: Settings) -> SandboxManifest:
-    return load_manifest(sandbox_root(settings.sandbox_dir, settings.sandbox.size, settings.sandbox.seed))
+    return load_manifest(
+        sandbox_root(settings.sandbox_dir, settings.sandbox.size, settings.sandbox.seed)
+    )
 
 
 def load_prompts(path: Path) -> list[list[Message]]:

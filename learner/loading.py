@@ -10,7 +10,9 @@ from learner.modeling import load_causal_lm, load_tokenizer, resolve_model_ref, 
 from learner.registry import BASE, Registry
 
 
-def load_student(settings: Settings, adapter: str = "current") -> tuple[PreTrainedModel, PreTrainedTokenizerBase, str]:
+def load_student(
+    settings: Settings, adapter: str = "current"
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, str]:
     """(model, tokenizer, resolved version). The adapter folder is checksum-verified first."""
     path = resolve_model_ref(settings, settings.models.student)
     tokenizer = load_tokenizer(path)

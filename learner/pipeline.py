@@ -89,9 +89,15 @@ def passes_gate(settings: Settings, before: dict, base: dict, after: dict) -> tu
     """QA not below the served adapter's (minus tolerance); IFEval within margin of the base."""
     gate = settings.learner.gate
     reasons = []
-    if "qa_closed_book" in after and after["qa_closed_book"] < before["qa_closed_book"] - gate.qa_tolerance:
+    if (
+        "qa_closed_book" in after
+        and after["qa_closed_book"] < before["qa_closed_book"] - gate.qa_tolerance
+    ):
         reasons.append(f"QA {after['qa_closed_book']:.3f} < served {before['qa_closed_book']:.3f}")
-    if "ifeval_strict" in after and after["ifeval_strict"] < base["ifeval_strict"] - gate.ifeval_margin:
+    if (
+        "ifeval_strict" in after
+        and after["ifeval_strict"] < base["ifeval_strict"] - gate.ifeval_margin
+    ):
         reasons.append(
             f"IFEval {after['ifeval_strict']:.3f} < base {base['ifeval_strict']:.3f} - {gate.ifeval_margin}"
         )
@@ -104,7 +110,9 @@ def notify_serving(settings: Settings) -> str:
         response = httpx.post(f"{settings.server_url}/admin/adapters/reload", timeout=120)
         return f"server answered {response.status_code}: {response.text[:200]}"
     except httpx.HTTPError as exc:
-        return f"server not reached ({exc.__class__.__name__}); it will pick the adapter up by polling"
+        return (
+            f"server not reached ({exc.__class__.__name__}); it will pick the adapter up by polling"
+        )
 
 
 def _evaluate(settings: Settings, model, tokenizer, sets, progress: bool) -> dict:  # noqa: ANN001
@@ -121,7 +129,9 @@ def _evaluate(settings: Settings, model, tokenizer, sets, progress: bool) -> dic
     )
 
 
-def run_cycle(settings: Settings, trigger: str = "manual", progress: bool = True, notify: bool = True) -> CycleResult:
+def run_cycle(
+    settings: Settings, trigger: str = "manual", progress: bool = True, notify: bool = True
+) -> CycleResult:
     """Run one training cycle now. Never raises for "nothing new": returns status "skipped"."""
     configure_threads(settings)
     registry = Registry(settings)
@@ -147,7 +157,9 @@ def run_cycle(settings: Settings, trigger: str = "manual", progress: bool = True
         store = KnowledgeStore(settings)
         new_docs = store.training_eligible(exclude_ids=trained_ids)
         if not new_docs:
-            raise NothingToTrainError("no new company documents since the served adapter; nothing to train")
+            raise NothingToTrainError(
+                "no new company documents since the served adapter; nothing to train"
+            )
         lineage = sorted(set(trained_ids) | {d.id for d in new_docs})
         documents = [store.document_text(d.id) for d in new_docs]
         all_names = [d.name for d in store.list_documents() if d.id in set(lineage)]
@@ -158,10 +170,17 @@ def run_cycle(settings: Settings, trigger: str = "manual", progress: bool = True
         base_model = load_causal_lm(student_path, device, settings.models.dtype)
         lora = settings.learner.lora
         if served != BASE:
-            model = PeftModel.from_pretrained(base_model, str(registry.verify(served)), is_trainable=True)
+            model = PeftModel.from_pretrained(
+                base_model, str(registry.verify(served)), is_trainable=True
+            )
         else:
-            config = LoraConfig(r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                                target_modules=lora.target_modules, task_type="CAUSAL_LM")
+            config = LoraConfig(
+                r=lora.rank,
+                lora_alpha=lora.alpha,
+                lora_dropout=lora.dropout,
+                target_modules=lora.target_modules,
+                task_type="CAUSAL_LM",
+            )
             model = get_peft_model(base_model, config)
         run.metric({"stage": "select", "new_documents": [d.id for d in new_docs], "served": served})
         done("select")
@@ -177,8 +196,16 @@ def run_cycle(settings: Settings, trigger: str = "manual", progress: bool = True
         done("evaluate_before")
 
         stage("midtrain")
-        mid = midtrain.main(model, tokenizer, documents, chat_prompts(settings), settings.learner.midtrain,
-                            settings.learner.seed, run.metric, progress)
+        mid = midtrain.main(
+            model,
+            tokenizer,
+            documents,
+            chat_prompts(settings),
+            settings.learner.midtrain,
+            settings.learner.seed,
+            run.metric,
+            progress,
+        )
         done("midtrain")
 
         stage("distill")
@@ -187,8 +214,16 @@ def run_cycle(settings: Settings, trigger: str = "manual", progress: bool = True
         else:
             teacher_path = resolve_model_ref(settings, settings.models.teacher)
             teacher = LocalTeacher(teacher_path, tokenizer, device, settings.models.dtype)
-        opd = distill.main(model, tokenizer, teacher, opd_prompts(settings), settings.learner.distill,
-                           settings.learner.seed, log=run.metric, progress=progress)
+        opd = distill.main(
+            model,
+            tokenizer,
+            teacher,
+            opd_prompts(settings),
+            settings.learner.distill,
+            settings.learner.seed,
+            log=run.metric,
+            progress=progress,
+        )
         done("distill")
 
         stage("evaluate")
@@ -225,14 +260,22 @@ def run_cycle(settings: Settings, trigger: str = "manual", progress: bool = True
             message += "; " + notify_serving(settings)
             done("notify")
         seconds.pop("_start", None)
-        run.update(status="succeeded", stage="done", message=message, adapter_version=version,
-                   metrics_json=json.dumps({**metrics, "seconds": seconds}), finished_at=utcnow())
+        run.update(
+            status="succeeded",
+            stage="done",
+            message=message,
+            adapter_version=version,
+            metrics_json=json.dumps({**metrics, "seconds": seconds}),
+            finished_at=utcnow(),
+        )
         return CycleResult(run.id, "succeeded", message, version, ok, before, base, after, seconds)
     except NothingToTrainError as exc:
         run.update(status="skipped", message=str(exc), finished_at=utcnow())
         return CycleResult(run.id, "skipped", str(exc))
     except Exception as exc:
-        run.update(status="failed", message=f"{exc.__class__.__name__}: {exc}", finished_at=utcnow())
+        run.update(
+            status="failed", message=f"{exc.__class__.__name__}: {exc}", finished_at=utcnow()
+        )
         raise
     finally:
         run.close()

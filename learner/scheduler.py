@@ -34,12 +34,18 @@ def scheduled_cycle(profile: str) -> None:
 
 def build_scheduler(settings: Settings, *, blocking: bool = True) -> BaseScheduler:
     try:
-        trigger = CronTrigger.from_crontab(settings.schedule.cron, timezone=settings.schedule.timezone)
+        trigger = CronTrigger.from_crontab(
+            settings.schedule.cron, timezone=settings.schedule.timezone
+        )
     except ValueError as exc:
-        raise ConfigError(f"schedule.cron {settings.schedule.cron!r} is not a valid crontab: {exc}") from exc
+        raise ConfigError(
+            f"schedule.cron {settings.schedule.cron!r} is not a valid crontab: {exc}"
+        ) from exc
     cls = BlockingScheduler if blocking else BackgroundScheduler
     scheduler = cls(
-        jobstores={"default": SQLAlchemyJobStore(url=settings.db_url, tablename="apscheduler_jobs")},
+        jobstores={
+            "default": SQLAlchemyJobStore(url=settings.db_url, tablename="apscheduler_jobs")
+        },
         job_defaults={
             "coalesce": True,
             "max_instances": 1,

@@ -196,3 +196,12 @@ def test_errors_are_json_with_status(http):
     )
     empty = http.post("/v1/documents", files={"file": ("empty.md", b"", "text/markdown")})
     assert empty.status_code == 400 and "error" in empty.json()
+
+
+def test_sampling_and_context_limit(http):
+    sampled = _chat(http, temperature=0.9, top_p=0.9)
+    assert sampled.status_code == 200 and sampled.json()["usage"]["completion_tokens"] > 0
+    too_long = "word " * 3000  # past the student's context window
+    for stream in (False, True):  # refused before any output: a real HTTP error, streaming too
+        refused = _chat(http, content=too_long, stream=stream)
+        assert refused.status_code == 400 and refused.json()["error"]["type"] == "BadInputError"

@@ -26,7 +26,11 @@ def test_every_profile_validates(path: Path, monkeypatch, tmp_path):
 def test_qwen3_profile_is_the_gpu_profile(monkeypatch, tmp_path):
     monkeypatch.setenv("PROTEGE_HOME", str(tmp_path))
     s = load_settings("qwen3")
-    assert (s.models.student, s.models.teacher, s.models.device) == ("Qwen/Qwen3-1.7B", "Qwen/Qwen3-8B", "cuda")
+    assert (s.models.student, s.models.teacher, s.models.device) == (
+        "Qwen/Qwen3-1.7B",
+        "Qwen/Qwen3-8B",
+        "cuda",
+    )
 
 
 def test_database_url_override(monkeypatch, tmp_path):

@@ -194,6 +194,7 @@ def test_swap_during_concurrent_requests_fails_nothing(server, loras):
     for body in results:  # each answer came from exactly the version it reports
         assert _answer(body) == expected[body["adapter_version"]], body
         assert _logged_version(server.settings, body["exchange_id"]) == body["adapter_version"]
+    assert server.engine.stats["max_batch"] > 1  # the clients really ran concurrently
     assert server.switcher.pinned() == {}
     assert server.engine.loaded_versions() == [v2]  # v1 was unloaded once its last request ended
 

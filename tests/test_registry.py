@@ -19,8 +19,15 @@ def _save(payload: bytes):
 
 def _register(reg: Registry, payload: bytes, docs=(1,)):
     version = reg.next_version()
-    return reg.register(version, _save(payload), parent_version=None, base_model="m", config={"a": 1},
-                        documents=list(docs), metrics={"qa_closed_book": 0.5})
+    return reg.register(
+        version,
+        _save(payload),
+        parent_version=None,
+        base_model="m",
+        config={"a": 1},
+        documents=list(docs),
+        metrics={"qa_closed_book": 0.5},
+    )
 
 
 @pytest.fixture
@@ -43,7 +50,15 @@ def test_failed_save_leaves_no_registered_adapter(registry):
         raise RuntimeError("disk full")
 
     with pytest.raises(RuntimeError):
-        registry.register("v0001", broken, parent_version=None, base_model="m", config={}, documents=[], metrics={})
+        registry.register(
+            "v0001",
+            broken,
+            parent_version=None,
+            base_model="m",
+            config={},
+            documents=[],
+            metrics={},
+        )
     assert registry.list() == [] and not (registry.root / "v0001").exists()
     assert registry.next_version() == "v0002"  # the partial .tmp folder's number is not reused
 

@@ -9,7 +9,9 @@ from learner.scheduler import JOB_ID, build_scheduler
 
 
 def test_job_is_stored_in_the_database_with_cron(tmp_path):
-    settings = Settings(home=tmp_path, profile="sandbox", schedule=ScheduleConfig(cron="30 3 * * *"))
+    settings = Settings(
+        home=tmp_path, profile="sandbox", schedule=ScheduleConfig(cron="30 3 * * *")
+    )
     tmp_path.mkdir(exist_ok=True)
     scheduler = build_scheduler(settings, blocking=False)
     scheduler.start(paused=True)
@@ -34,4 +36,6 @@ def test_job_is_stored_in_the_database_with_cron(tmp_path):
 
 def test_bad_cron_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match="crontab"):
-        build_scheduler(Settings(home=tmp_path, schedule=ScheduleConfig(cron="every night")), blocking=False)
+        build_scheduler(
+            Settings(home=tmp_path, schedule=ScheduleConfig(cron="every night")), blocking=False
+        )

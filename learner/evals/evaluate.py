@@ -33,11 +33,26 @@ def _passages(context: str | list[str]) -> list[str]:
     return [context] if isinstance(context, str) else list(context)
 
 
-def _generate(model: Any, tokenizer: Any, users: list[str], desc: str, max_new_tokens: int, batch_size: int, progress: bool) -> list[str]:
+def _generate(
+    model: Any,
+    tokenizer: Any,
+    users: list[str],
+    desc: str,
+    max_new_tokens: int,
+    batch_size: int,
+    progress: bool,
+) -> list[str]:
     conversations: list[list[Message]] = [[{"role": "user", "content": u}] for u in users]
     bar = tqdm(total=len(conversations), desc=desc, disable=not progress, leave=False)
     try:
-        return generate_texts(model, tokenizer, conversations, max_new_tokens=max_new_tokens, batch_size=batch_size, progress=bar)
+        return generate_texts(
+            model,
+            tokenizer,
+            conversations,
+            max_new_tokens=max_new_tokens,
+            batch_size=batch_size,
+            progress=bar,
+        )
     finally:
         bar.close()
 
@@ -65,13 +80,17 @@ def evaluate_model(
 
     def closed_book(path: Path | str | None, key: str, n_key: str) -> None:
         rows = read_jsonl(path, limit) if path else []
-        answers = _generate(model, tokenizer, [r["question"] for r in rows], key, **gen) if rows else []
+        answers = (
+            _generate(model, tokenizer, [r["question"] for r in rows], key, **gen) if rows else []
+        )
         correct = sum(qa_correct(a, r["answer"]) for a, r in zip(answers, rows, strict=True))
         metrics[key], metrics[n_key] = correct / max(1, len(rows)), float(len(rows))
 
     closed_book(qa_file, "qa_closed_book", "n_qa")
     items = read_jsonl(ifeval_file, limit) if ifeval_file else []
-    responses = _generate(model, tokenizer, [i["prompt"] for i in items], "ifeval", **gen) if items else []
+    responses = (
+        _generate(model, tokenizer, [i["prompt"] for i in items], "ifeval", **gen) if items else []
+    )
     scores = [score_item(i, r) for i, r in zip(items, responses, strict=True)]
     metrics["ifeval_strict"] = sum(s for s, _ in scores) / max(1, len(scores))
     metrics["ifeval_loose"] = sum(lo for _, lo in scores) / max(1, len(scores))

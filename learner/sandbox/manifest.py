@@ -20,6 +20,9 @@ class DayData(BaseModel):
     documents_dir: Path  # prose .md documents about the day's new entities
     qa_file: Path  # closed-book QA JSONL: {"question", "answer"}
     ifeval_file: Path  # IFEval JSONL: {"key", "prompt", "instruction_id_list", "kwargs"}
+    # closed-book QA JSONL {"question", "answer"} about the day's facts in other phrasings than
+    # qa_file (OPD / training prompts; never overlaps qa_file)
+    train_questions_file: Path | None = None
 
 
 class SandboxManifest(BaseModel):
@@ -37,6 +40,7 @@ class SandboxManifest(BaseModel):
     days: list[DayData]
     build_seconds: dict[str, float] = {}
     base_metrics: dict[str, float] = {}
+    teacher_metrics: dict[str, float] = {}  # the teacher's scores on the same sets (when built)
 
     def day(self, name: str) -> DayData:
         for day in self.days:

@@ -188,6 +188,6 @@ def pretrain(
         seen += batch[:, 0].numel()
         loss = out.loss.item()
         ema = loss if ema is None else 0.95 * ema + 0.05 * loss
-        bar.set_postfix(loss=f"{ema:.3f}", tok_s=f"{seen / (time.time() - start):.0f}")
+        bar.set_postfix(loss=f"{ema:.3f}", tok_s=f"{seen / (time.time() - start):.0f}", refresh=False)
     model.eval()
     return {"final_loss": float(ema or 0.0), "tokens": float(seen), "seconds": time.time() - start}
