@@ -28,7 +28,7 @@ from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from peft import PeftModel
@@ -49,6 +49,8 @@ from learner.modeling import (
 from learner.registry import BASE
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+Result = GenerationResult
 
 
 @dataclass(eq=False)
@@ -104,9 +106,7 @@ class _RowCriteria(StoppingCriteria):
         self.engine = engine
         self.rows = rows
 
-    def __call__(
-        self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any
-    ) -> torch.Tensor:
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kw: Any) -> torch.Tensor:
         for i, row in enumerate(self.rows):
             if not row.done:
                 self.engine._advance(row, int(input_ids[i, -1]))
@@ -148,9 +148,8 @@ class EmbeddedEngine:
     def from_settings(cls, settings: Settings, max_batch_size: int = 8) -> EmbeddedEngine:
         """The student named by `settings.models.student`, on the configured device and dtype."""
         configure_threads(settings)
-        path = resolve_model_ref(settings, settings.models.student)
-        device, dtype = torch_device(settings), settings.models.dtype
-        return cls(path, device=device, dtype=dtype, max_batch_size=max_batch_size)
+        path, device = resolve_model_ref(settings, settings.models.student), torch_device(settings)
+        return cls(path, device=device, dtype=settings.models.dtype, max_batch_size=max_batch_size)
 
     # ---- public API (any thread) -----------------------------------------------------------
     def submit(
@@ -164,23 +163,21 @@ class EmbeddedEngine:
         self._put(_Request(list(messages), params, adapter_version, on_text, future))
         return future
 
-    def generate(
-        self, messages: list[Message], params: GenerationParams, version: str
-    ) -> GenerationResult:
-        return self.submit(messages, params, version).result()
+    def generate(self, messages: list[Message], params: GenerationParams, version: str) -> Result:
+        return self._wait(self.submit(messages, params, version))
 
     def ensure_loaded(self, version: str, folder: Path | None) -> None:
         if version == BASE:
             return
         if folder is None:
             raise NotFoundError(f"adapter {version}: no folder given")
-        self._call(lambda: self._load(version, Path(folder))).result()
+        self._wait(self._call(lambda: self._load(version, Path(folder))))
 
     def unload(self, version: str) -> Future[None]:
         return self._call(lambda: self._unload(version))
 
     def loaded_versions(self) -> list[str]:
-        return self._call(lambda: sorted(self._loaded)).result()
+        return self._wait(self._call(lambda: sorted(self._loaded)))
 
     def count_tokens(self, text: str) -> int:
         with self._count_lock:
@@ -200,13 +197,16 @@ class EmbeddedEngine:
         self._queue.put(item)
 
     def _call(self, fn: Callable[[], Any]) -> Future[Any]:
+        # queued even from the worker itself (a done-callback releasing the last pin): running it
+        # inline would change the model in the middle of finishing a batch
         future: Future[Any] = Future()
-        if threading.current_thread() is self._thread:
-            # already on the worker (e.g. from a future's done-callback): queueing would deadlock
-            _run_control(_Control(fn, future))
-        else:
-            self._put(_Control(fn, future))
+        self._put(_Control(fn, future))
         return future
+
+    def _wait(self, future: Future[T]) -> T:
+        if threading.current_thread() is self._thread:
+            raise RuntimeError("the engine worker cannot wait for its own queue")
+        return future.result()
 
     def _run(self) -> None:
         backlog: deque[Any] = deque()

@@ -151,7 +151,10 @@ class AdapterSwitcher:
             if future.exception() is not None:
                 log.error("unloading adapter %s failed: %r", version, future.exception())
 
-        self.engine.unload(version).add_done_callback(check)
+        try:
+            self.engine.unload(version).add_done_callback(check)
+        except Exception:  # e.g. the engine is shutting down: nothing left to free it for
+            log.exception("could not queue unloading adapter %s", version)
 
     # ---- background polling -------------------------------------------------------------------
     def start(self, poll_seconds: float) -> None:

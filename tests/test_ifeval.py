@@ -1,6 +1,6 @@
 """IFEval checkers against hand-written pass/fail responses (strict and loose).
 
-    .venv/bin/python -m pytest tests/test_ifeval.py -q
+.venv/bin/python -m pytest tests/test_ifeval.py -q
 """
 
 from __future__ import annotations
@@ -14,19 +14,64 @@ from learner.evals.ifeval import SUPPORTED_INSTRUCTIONS, check_instruction, coun
 CASES = [
     ("change_case:english_lowercase", {}, "all lower case here.", "Not all lower case."),
     ("change_case:english_capital", {}, "ALL CAPS HERE.", "ALL CAPS but one."),
-    ("detectable_format:json_format", {}, '```json\n{"answer": "Lisbon"}\n```', '{"answer": Lisbon}'),
-    ("detectable_format:number_bullet_lists", {"num_bullets": 2}, "* one\n* two", "* one\n* two\n- three"),
-    ("startend:end_checker", {"end_phrase": "Any other questions?"}, "Hi. Any other questions?", "Any other questions? Bye."),
-    ("keywords:existence", {"keywords": ["budget", "Team"]}, "The team budget.", "The budget only."),
+    (
+        "detectable_format:json_format",
+        {},
+        '```json\n{"answer": "Lisbon"}\n```',
+        '{"answer": Lisbon}',
+    ),
+    (
+        "detectable_format:number_bullet_lists",
+        {"num_bullets": 2},
+        "* one\n* two",
+        "* one\n* two\n- three",
+    ),
+    (
+        "startend:end_checker",
+        {"end_phrase": "Any other questions?"},
+        "Hi. Any other questions?",
+        "Any other questions? Bye.",
+    ),
+    (
+        "keywords:existence",
+        {"keywords": ["budget", "Team"]},
+        "The team budget.",
+        "The budget only.",
+    ),
     ("punctuation:no_comma", {}, "No commas here.", "One, comma."),
-    ("length_constraints:number_words", {"relation": "less than", "num_words": 4}, "one two three", "one two three four"),
-    ("length_constraints:number_words", {"relation": "at least", "num_words": 4}, "one two three four", "one two three"),
-    ("detectable_content:postscript", {"postscript_marker": "P.S."}, "Hello.\n\nP.S. Bye.", "Hello. PS bye."),
-    ("detectable_content:postscript", {"postscript_marker": "P.P.S"}, "Hello.\np.p.s bye", "Hello. P.S. bye."),
+    (
+        "length_constraints:number_words",
+        {"relation": "less than", "num_words": 4},
+        "one two three",
+        "one two three four",
+    ),
+    (
+        "length_constraints:number_words",
+        {"relation": "at least", "num_words": 4},
+        "one two three four",
+        "one two three",
+    ),
+    (
+        "detectable_content:postscript",
+        {"postscript_marker": "P.S."},
+        "Hello.\n\nP.S. Bye.",
+        "Hello. PS bye.",
+    ),
+    (
+        "detectable_content:postscript",
+        {"postscript_marker": "P.P.S"},
+        "Hello.\np.p.s bye",
+        "Hello. P.S. bye.",
+    ),
     ("detectable_format:title", {}, "<<My Title>>\nText.", "<< >>\nText without title."),
     ("startend:quotation", {}, '"quoted"', "not quoted"),
     ("keywords:forbidden_words", {"forbidden_words": ["bad"]}, "good words", "a bad word"),
-    ("keywords:frequency", {"keyword": "team", "frequency": 2, "relation": "at least"}, "team and team", "one team"),
+    (
+        "keywords:frequency",
+        {"keyword": "team", "frequency": 2, "relation": "at least"},
+        "team and team",
+        "one team",
+    ),
 ]
 
 

@@ -250,7 +250,8 @@ def build_sandbox(
     """Build (or reuse) the sandbox at `sandbox_root(sandbox_dir, size, seed)`; see module doc."""
     if size not in SIZE_CONFIGS:
         raise SandboxNotBuiltError(f"unknown sandbox size {size!r} (test or demo)")
-    torch.set_num_threads(min(2, os.cpu_count() or 1))
+    # PROTEGE_TORCH_THREADS overrides (1 is faster when other processes share the 2 cores).
+    torch.set_num_threads(int(os.environ.get("PROTEGE_TORCH_THREADS") or min(2, os.cpu_count() or 1)))
     cfg, root = SIZE_CONFIGS[size], sandbox_root(Path(sandbox_dir), size, seed).resolve()
     if not force and (root / MANIFEST_NAME).exists():
         manifest = load_manifest(root)

@@ -163,6 +163,7 @@ def pretrain(
     """AdamW with warmup + cosine, grad clipping; cycles over `rows` if they run out."""
     torch.manual_seed(seed)
     model.train()
+    model.config.use_cache = False  # no KV cache while training (it only costs time)
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
     optimizer = torch.optim.AdamW(
@@ -190,4 +191,5 @@ def pretrain(
         ema = loss if ema is None else 0.95 * ema + 0.05 * loss
         bar.set_postfix(loss=f"{ema:.3f}", tok_s=f"{seen / (time.time() - start):.0f}", refresh=False)
     model.eval()
+    model.config.use_cache = True
     return {"final_loss": float(ema or 0.0), "tokens": float(seen), "seconds": time.time() - start}

@@ -1,0 +1,62 @@
+"""QA scoring and evaluate_model on the test-size sandbox.
+
+.venv/bin/python -m pytest tests/test_evals.py -q
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from learner.evals.evaluate import evaluate_model
+from learner.evals.qa import normalize, qa_correct
+from learner.modeling import load_causal_lm, load_tokenizer
+from learner.sandbox.manifest import SandboxManifest
+
+
+def test_normalize() -> None:
+    assert normalize("  The Lisbon   office!  ") == "lisbon office"
+    assert normalize("An A-Team, the end.") == "team end"
+
+
+@pytest.mark.parametrize(
+    ("prediction", "answer", "ok"),
+    [
+        ("Nora Vance works in the Lisbon office.", "Lisbon", True),
+        ("nora vance reports to ada berg", "Ada Berg", True),
+        ('{"answer": "THE SILVER BRIDGE PROJECT"}', "Silver Bridge", True),
+        ("It launches in 2013.", "13", False),
+        ("Ada Bergman", "Ada Berg", False),
+        ("anything", "", False),
+    ],
+)
+def test_qa_correct(prediction: str, answer: str, ok: bool) -> None:
+    assert qa_correct(prediction, answer) is ok
+
+
+def test_evaluate_model_keys_and_ranges(sandbox_test: SandboxManifest) -> None:
+    import torch
+
+    model = load_causal_lm(sandbox_test.student_dir, torch.device("cpu"))
+    tokenizer = load_tokenizer(sandbox_test.student_dir)
+    day = sandbox_test.days[0]
+    metrics = evaluate_model(
+        model,
+        tokenizer,
+        qa_file=day.qa_file,
+        ifeval_file=day.ifeval_file,
+        known_qa_file=sandbox_test.known_qa_file,
+        incontext_qa_file=sandbox_test.incontext_qa_file,
+        max_new_tokens=16,
+        batch_size=4,
+        limit=5,
+        progress=False,
+    )
+    fractions = ["qa_closed_book", "ifeval_strict", "ifeval_loose", "known_qa", "incontext_qa"]
+    for key in fractions:
+        assert 0.0 <= metrics[key] <= 1.0
+    assert metrics["ifeval_loose"] >= metrics["ifeval_strict"]
+    assert {metrics[k] for k in ("n_qa", "n_ifeval", "n_known_qa", "n_incontext_qa")} == {5.0}
+    only_qa = evaluate_model(
+        model, tokenizer, qa_file=day.qa_file, limit=2, max_new_tokens=8, progress=False
+    )
+    assert set(only_qa) == {"qa_closed_book", "n_qa", "ifeval_strict", "ifeval_loose", "n_ifeval"}
