@@ -216,7 +216,7 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> FastAPI:
         reply_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
 
         if not body.stream:
-            version, future = submit_pinned(model_messages, params)
+            _, future = submit_pinned(model_messages, params)
             result = await asyncio.wrap_future(future)
             exchange_id = await run_in_threadpool(log_exchange, messages, result, chunks, started)
             content = {

@@ -50,7 +50,6 @@ from learner.registry import BASE
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-Result = GenerationResult
 
 
 @dataclass(eq=False)
@@ -163,7 +162,9 @@ class EmbeddedEngine:
         self._put(_Request(list(messages), params, adapter_version, on_text, future))
         return future
 
-    def generate(self, messages: list[Message], params: GenerationParams, version: str) -> Result:
+    def generate(
+        self, messages: list[Message], params: GenerationParams, version: str
+    ) -> GenerationResult:
         return self._wait(self.submit(messages, params, version))
 
     def ensure_loaded(self, version: str, folder: Path | None) -> None:
@@ -281,17 +282,16 @@ class EmbeddedEngine:
 
     @contextmanager
     def _adapter(self, version: str) -> Iterator[None]:
-        if version == BASE:
-            if isinstance(self._model, PeftModel):
-                with self._model.disable_adapter():
-                    yield
-            else:
+        if version != BASE:
+            if version not in self._loaded:
+                raise NotFoundError(f"adapter {version} is not loaded in the engine")
+            self._model.set_adapter(version)
+            yield
+        elif isinstance(self._model, PeftModel):
+            with self._model.disable_adapter():  # "base" = the same weights, LoRA switched off
                 yield
-            return
-        if version not in self._loaded:
-            raise NotFoundError(f"adapter {version} is not loaded in the engine")
-        self._model.set_adapter(version)
-        yield
+        else:
+            yield
 
     def _admit(self, request: _Request) -> list[int] | None:
         """The prompt's token ids, or None after failing just this request (bad input)."""

@@ -66,10 +66,10 @@ SIZE_CONFIGS: dict[str, SizeConfig] = {
     "test": SizeConfig(
         vocab=512,
         student=ModelSpec(hidden=64, layers=2, heads=2, intermediate=128),
-        student_train=TrainSpec(steps=150, batch_size=8, warmup=10, lr=1e-2),
+        student_train=TrainSpec(steps=250, batch_size=8, seq_len=128, warmup=10, lr=1e-2),
         teacher=ModelSpec(hidden=48, layers=2, heads=2, intermediate=96),
-        teacher_train=TrainSpec(steps=30, batch_size=8, warmup=5),
-        doc_share=0.15,
+        teacher_train=TrainSpec(steps=30, batch_size=8, seq_len=128, warmup=5),
+        doc_share=0.05,
         n_known_qa=20,
         n_ifeval=12,
         n_incontext=12,

@@ -1,0 +1,78 @@
+"""The `protege` CLI as a user runs it (subprocesses, real files)."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+EVAL_KEYS = {"qa_closed_book", "ifeval_strict", "ifeval_loose", "n_qa", "n_ifeval"}
+
+
+@pytest.fixture
+def cli(sandbox_test, tmp_path):
+    config = tmp_path / "profile.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "home": str(tmp_path / "home"),
+                "sandbox": {
+                    "size": sandbox_test.size,
+                    "seed": sandbox_test.seed,
+                    "dir": str(sandbox_test.root.parent),
+                },
+                "learner": {"eval": {"max_new_tokens": 8}},
+            }
+        )
+    )
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "assistant.cli", "--config", str(config), *args],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+
+    return run
+
+
+def test_sandbox_build_reuses_and_prints_manifest(cli, sandbox_test):
+    out = cli("sandbox", "build", "--size", "test", "--seed", str(sandbox_test.seed), "--json")
+    assert out.returncode == 0, out.stderr
+    manifest = json.loads(out.stdout)
+    assert manifest["student_dir"] == str(sandbox_test.student_dir)
+    assert [d["name"] for d in manifest["days"]][:3] == ["day1", "day2", "day3"]
+    for day in manifest["days"]:
+        assert all(day[k] for k in ("documents_dir", "qa_file", "ifeval_file"))
+
+
+def test_eval_prints_scores_as_json(cli, sandbox_test):
+    day = sandbox_test.days[0]
+    out = cli(
+        "eval",
+        "--qa",
+        str(day.qa_file),
+        "--ifeval",
+        str(day.ifeval_file),
+        "--adapter",
+        "base",
+        "--limit",
+        "6",
+        "--json",
+    )
+    assert out.returncode == 0, out.stderr
+    scores = json.loads(out.stdout)
+    assert EVAL_KEYS <= scores.keys() and scores["adapter"] == "base"
+    assert all(0.0 <= scores[k] <= 1.0 for k in ("qa_closed_book", "ifeval_strict", "ifeval_loose"))
+    assert scores["n_qa"] == 6 and scores["n_ifeval"] == 6
+
+
+def test_adapters_list_and_errors(cli):
+    listing = cli("adapters", "list")
+    assert listing.returncode == 0 and "served: base" in listing.stdout
+    missing = cli("adapters", "promote", "v0042")
+    assert missing.returncode == 2 and "no adapter 'v0042'" in missing.stderr
+    nothing = cli("train", "--now", "--no-notify")
+    assert nothing.returncode == 0 and '"status": "skipped"' in nothing.stdout
