@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -68,6 +70,7 @@ class _RunLog:
         self.dir.mkdir(parents=True, exist_ok=True)
         (self.dir / "config.json").write_text(json.dumps(dump_settings(settings), indent=2))
         self._metrics = (self.dir / "metrics.jsonl").open("a")
+        self.seconds: dict[str, float] = {}
 
     def metric(self, record: dict) -> None:
         self._metrics.write(json.dumps({"time": time.time(), **record}) + "\n")
@@ -80,6 +83,15 @@ class _RunLog:
                 setattr(row, key, value)
             session.add(row)
             session.commit()
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        """Record the stage on the run's row and its duration in `self.seconds`."""
+        self.update(stage=name)
+        log.info("run %s: stage %s", self.id, name)
+        start = time.perf_counter()
+        yield
+        self.seconds[name] = round(time.perf_counter() - start, 2)
 
     def close(self) -> None:
         self._metrics.close()
@@ -136,139 +148,105 @@ def run_cycle(
     configure_threads(settings)
     registry = Registry(settings)
     run = _RunLog(settings, trigger)
-    seconds: dict[str, float] = {}
-    clock = time.perf_counter()
-
-    def stage(name: str) -> None:
-        nonlocal clock
-        now = time.perf_counter()
-        run.update(stage=name)
-        log.info("run %s: stage %s", run.id, name)
-        seconds.setdefault("_start", now)
-        clock = now
-
-    def done(name: str) -> None:
-        seconds[name] = round(time.perf_counter() - clock, 2)
-
     try:
-        stage("select")
-        served = registry.served_version()
-        trained_ids = registry.served_documents()
-        store = KnowledgeStore(settings)
-        new_docs = store.training_eligible(exclude_ids=trained_ids)
-        if not new_docs:
-            raise NothingToTrainError(
-                "no new company documents since the served adapter; nothing to train"
+        with run.stage("select"):
+            served = registry.served_version()
+            trained_ids = registry.served_documents()
+            store = KnowledgeStore(settings)
+            new_docs = store.training_eligible(exclude_ids=trained_ids)
+            if not new_docs:
+                raise NothingToTrainError(
+                    "no new company documents since the served adapter; nothing to train"
+                )
+            lineage = sorted(set(trained_ids) | {d.id for d in new_docs})
+            documents = [store.document_text(d.id) for d in new_docs]
+            names = [d.name for d in store.list_documents() if d.id in set(lineage)]
+            sets = eval_sets(settings, names, run.dir)
+            student_path = resolve_model_ref(settings, settings.models.student)
+            device = torch_device(settings)
+            tokenizer = load_tokenizer(student_path)
+            model = _trainable_student(settings, registry, served, student_path, device)
+            run.metric(
+                {"stage": "select", "new_documents": [d.id for d in new_docs], "served": served}
             )
-        lineage = sorted(set(trained_ids) | {d.id for d in new_docs})
-        documents = [store.document_text(d.id) for d in new_docs]
-        all_names = [d.name for d in store.list_documents() if d.id in set(lineage)]
-        sets = eval_sets(settings, all_names, run.dir)
-        student_path = resolve_model_ref(settings, settings.models.student)
-        device = torch_device(settings)
-        tokenizer = load_tokenizer(student_path)
-        base_model = load_causal_lm(student_path, device, settings.models.dtype)
-        lora = settings.learner.lora
-        if served != BASE:
-            model = PeftModel.from_pretrained(
-                base_model, str(registry.verify(served)), is_trainable=True
+
+        with run.stage("evaluate_before"):
+            before = _evaluate(settings, model, tokenizer, sets, progress)
+            if served == BASE:
+                base = before
+            else:
+                with model.disable_adapter():
+                    base = _evaluate(settings, model, tokenizer, sets, progress)
+            run.metric({"stage": "evaluate_before", "served": before, "base": base})
+
+        with run.stage("midtrain"):
+            mid = midtrain.main(
+                model,
+                tokenizer,
+                documents,
+                chat_prompts(settings),
+                settings.learner.midtrain,
+                settings.learner.seed,
+                run.metric,
+                progress,
             )
-        else:
-            config = LoraConfig(
-                r=lora.rank,
-                lora_alpha=lora.alpha,
-                lora_dropout=lora.dropout,
-                target_modules=lora.target_modules,
-                task_type="CAUSAL_LM",
+
+        with run.stage("distill"):
+            if settings.models.teacher == "base":
+                teacher = BaseModelTeacher(model)
+            else:
+                teacher_path = resolve_model_ref(settings, settings.models.teacher)
+                teacher = LocalTeacher(teacher_path, tokenizer, device, settings.models.dtype)
+            opd = distill.main(
+                model,
+                tokenizer,
+                teacher,
+                opd_prompts(settings),
+                settings.learner.distill,
+                settings.learner.seed,
+                log=run.metric,
+                progress=progress,
             )
-            model = get_peft_model(base_model, config)
-        run.metric({"stage": "select", "new_documents": [d.id for d in new_docs], "served": served})
-        done("select")
 
-        stage("evaluate_before")
-        before = _evaluate(settings, model, tokenizer, sets, progress)
-        if served == BASE:
-            base = before
-        else:
-            with model.disable_adapter():
-                base = _evaluate(settings, model, tokenizer, sets, progress)
-        run.metric({"stage": "evaluate_before", "served": before, "base": base})
-        done("evaluate_before")
+        with run.stage("evaluate"):
+            after = _evaluate(settings, model, tokenizer, sets, progress)
+            ok, why = passes_gate(settings, before, base, after)
+            run.metric({"stage": "evaluate", "candidate": after, "gate": why})
 
-        stage("midtrain")
-        mid = midtrain.main(
-            model,
-            tokenizer,
-            documents,
-            chat_prompts(settings),
-            settings.learner.midtrain,
-            settings.learner.seed,
-            run.metric,
-            progress,
-        )
-        done("midtrain")
+        with run.stage("register"):
+            version = registry.next_version()
+            metrics = {**after, "gate": why, "before": before, "base": base, **mid, **opd}
+            registry.register(
+                version,
+                save=model.save_pretrained,
+                parent_version=None if served == BASE else served,
+                base_model=student_path,
+                config=dump_settings(settings),
+                documents=lineage,
+                metrics=metrics,
+                run_id=run.id,
+            )
 
-        stage("distill")
-        if settings.models.teacher == "base":
-            teacher = BaseModelTeacher(model)
-        else:
-            teacher_path = resolve_model_ref(settings, settings.models.teacher)
-            teacher = LocalTeacher(teacher_path, tokenizer, device, settings.models.dtype)
-        opd = distill.main(
-            model,
-            tokenizer,
-            teacher,
-            opd_prompts(settings),
-            settings.learner.distill,
-            settings.learner.seed,
-            log=run.metric,
-            progress=progress,
-        )
-        done("distill")
-
-        stage("evaluate")
-        after = _evaluate(settings, model, tokenizer, sets, progress)
-        ok, why = passes_gate(settings, before, base, after)
-        run.metric({"stage": "evaluate", "candidate": after, "gate": why})
-        done("evaluate")
-
-        stage("register")
-        version = registry.next_version()
-        metrics = {**after, "gate": why, "before": before, "base": base, **mid, **opd}
-        registry.register(
-            version,
-            save=model.save_pretrained,
-            parent_version=None if served == BASE else served,
-            base_model=student_path,
-            config=dump_settings(settings),
-            documents=lineage,
-            metrics=metrics,
-            run_id=run.id,
-        )
-        done("register")
-
-        stage("promote")
-        if ok:
-            registry.promote(version, actor=f"run:{run.id}")
-        else:
-            registry.reject(version)
-        done("promote")
-
+        with run.stage("promote"):
+            if ok:
+                registry.promote(version, actor=f"run:{run.id}")
+            else:
+                registry.reject(version)
         message = f"{version} {'promoted' if ok else 'rejected'} ({why})"
         if ok and notify:
-            stage("notify")
-            message += "; " + notify_serving(settings)
-            done("notify")
-        seconds.pop("_start", None)
+            with run.stage("notify"):
+                message += "; " + notify_serving(settings)
         run.update(
             status="succeeded",
             stage="done",
             message=message,
             adapter_version=version,
-            metrics_json=json.dumps({**metrics, "seconds": seconds}),
+            metrics_json=json.dumps({**metrics, "seconds": run.seconds}),
             finished_at=utcnow(),
         )
-        return CycleResult(run.id, "succeeded", message, version, ok, before, base, after, seconds)
+        return CycleResult(
+            run.id, "succeeded", message, version, ok, before, base, after, run.seconds
+        )
     except NothingToTrainError as exc:
         run.update(status="skipped", message=str(exc), finished_at=utcnow())
         return CycleResult(run.id, "skipped", str(exc))
@@ -279,6 +257,24 @@ def run_cycle(
         raise
     finally:
         run.close()
+
+
+def _trainable_student(settings: Settings, registry: Registry, served: str, path: str, device):  # noqa: ANN001, ANN202
+    """The student with a trainable adapter: the served one continued, or a fresh LoRA."""
+    base_model = load_causal_lm(path, device, settings.models.dtype)
+    if served != BASE:
+        return PeftModel.from_pretrained(
+            base_model, str(registry.verify(served)), is_trainable=True
+        )
+    lora = settings.learner.lora
+    config = LoraConfig(
+        r=lora.rank,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=lora.target_modules,
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(base_model, config)
 
 
 def runs_dir_of(settings: Settings, run_id: int) -> Path:

@@ -11,6 +11,7 @@ asking for the teacher later adds it to the existing build (staged and renamed t
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import random
@@ -90,6 +91,7 @@ SIZE_CONFIGS: dict[str, SizeConfig] = {
         n_opd=1000,
     ),
 }
+DATA_VERSION = 1  # bump when the world / chat data recipe changes (invalidates cached builds)
 AVG_CHAT_TOKENS = 70  # measured mean length of a training chat (sizes the generated set)
 
 
@@ -225,6 +227,11 @@ def _base_metrics(
     )
 
 
+def build_version(size: str) -> str:
+    recipe = f"{DATA_VERSION}:{SIZE_CONFIGS[size]!r}".encode()
+    return hashlib.sha256(recipe).hexdigest()[:16]
+
+
 def is_complete(manifest: SandboxManifest) -> bool:
     paths = [manifest.tokenizer_dir, manifest.student_dir, manifest.background_documents_dir]
     paths += [
@@ -235,7 +242,11 @@ def is_complete(manifest: SandboxManifest) -> bool:
     ]
     paths += [p for d in manifest.days for p in (d.documents_dir, d.qa_file, d.ifeval_file)]
     paths += [manifest.teacher_dir] if manifest.teacher_dir else []
-    return all(p.exists() for p in paths) and (manifest.student_dir / "config.json").exists()
+    return (
+        manifest.build_version == build_version(manifest.size)
+        and all(p.exists() for p in paths)
+        and (manifest.student_dir / "config.json").exists()
+    )
 
 
 def build_sandbox(
@@ -251,7 +262,9 @@ def build_sandbox(
     if size not in SIZE_CONFIGS:
         raise SandboxNotBuiltError(f"unknown sandbox size {size!r} (test or demo)")
     # PROTEGE_TORCH_THREADS overrides (1 is faster when other processes share the 2 cores).
-    torch.set_num_threads(int(os.environ.get("PROTEGE_TORCH_THREADS") or min(2, os.cpu_count() or 1)))
+    torch.set_num_threads(
+        int(os.environ.get("PROTEGE_TORCH_THREADS") or min(2, os.cpu_count() or 1))
+    )
     cfg, root = SIZE_CONFIGS[size], sandbox_root(Path(sandbox_dir), size, seed).resolve()
     if not force and (root / MANIFEST_NAME).exists():
         manifest = load_manifest(root)
@@ -273,6 +286,7 @@ def _build_fresh(
     _log(progress, f"building {size} sandbox (seed {seed}) in {stage}")
     world = build_world(seed, size)
     manifest = write_data(world, cfg, stage, root)
+    manifest.build_version = build_version(size)
     seconds["data"] = time.time() - start
 
     t = time.time()

@@ -40,7 +40,8 @@ class SandboxManifest(BaseModel):
     days: list[DayData]
     build_seconds: dict[str, float] = {}
     base_metrics: dict[str, float] = {}
-    teacher_metrics: dict[str, float] = {}  # the teacher's scores on the same sets (when built)
+    teacher_metrics: dict[str, float] = {}
+    build_version: str = ""  # hash of the build recipe; a build from another recipe is rebuilt  # the teacher's scores on the same sets (when built)
 
     def day(self, name: str) -> DayData:
         for day in self.days:

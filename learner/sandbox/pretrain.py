@@ -189,7 +189,9 @@ def pretrain(
         seen += batch[:, 0].numel()
         loss = out.loss.item()
         ema = loss if ema is None else 0.95 * ema + 0.05 * loss
-        bar.set_postfix(loss=f"{ema:.3f}", tok_s=f"{seen / (time.time() - start):.0f}", refresh=False)
+        bar.set_postfix(
+            loss=f"{ema:.3f}", tok_s=f"{seen / (time.time() - start):.0f}", refresh=False
+        )
     model.eval()
     model.config.use_cache = True
     return {"final_loss": float(ema or 0.0), "tokens": float(seen), "seconds": time.time() - start}

@@ -37,7 +37,9 @@ def render_chat(messages: list[Message], add_generation_prompt: bool) -> str:
     return text + (f"{IM_START}assistant\n" if add_generation_prompt else "")
 
 
-def train_tokenizer(texts: Iterable[str], vocab_size: int, out_dir: Path) -> PreTrainedTokenizerFast:
+def train_tokenizer(
+    texts: Iterable[str], vocab_size: int, out_dir: Path
+) -> PreTrainedTokenizerFast:
     """Train byte-level BPE on `texts`, save it (with chat template) to `out_dir` and return it."""
     core = Tokenizer(models.BPE())
     # add_prefix_space=False: prompt and response can be encoded separately and concatenated.
