@@ -95,6 +95,7 @@ def main() -> None:
     parser.add_argument("--size", default=None)
     parser.add_argument("--rows", default="base,mid100,mid70,mid70+opd,mid100+opd")
     parser.add_argument("--limit", type=int, default=None)
+    parser.add_argument("--threads", type=int, default=2)
     parser.add_argument(
         "--set", action="append", default=[], help="learner override, e.g. midtrain.lr=1e-3"
     )
@@ -107,7 +108,7 @@ def main() -> None:
         section, key = path.split(".")
         target = getattr(settings.learner, section)
         setattr(target, key, type(getattr(target, key))(value))
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     manifest = sandbox_manifest(settings)
     documents = [p.read_text() for p in sorted(Path(manifest.days[0].documents_dir).glob("*.md"))]
     rows = [
