@@ -174,10 +174,14 @@ def run_demo(settings: Settings, keep_serving: bool = True, n_questions: int = 4
         timings["total"] = time.perf_counter() - started
         print("\nTimings (s): " + ", ".join(f"{k} {v:.1f}" for k, v in timings.items()))
         print(f"Stage seconds: {json.dumps(result.seconds)}")
-        print(f"\nThe assistant is running at {url}  (adapter {answers[-1]['version']})")
         if keep_serving:
-            print("Press Ctrl-C to stop it.")
+            print(f"\nThe assistant is running at {url}  (adapter {answers[-1]['version']})")
+            print(f"Try: curl -s {url}/v1/models ; press Ctrl-C to stop it.")
             server.wait()
+        else:
+            print(
+                f"\nThe assistant ran at {url} (adapter {answers[-1]['version']}); stopped (--no-wait)."
+            )
         return 0 if result.status == "succeeded" else 1
     except KeyboardInterrupt:
         return 0
