@@ -4,9 +4,9 @@
     curl -s localhost:8321/v1/chat/completions -H 'content-type: application/json' \
          -d '{"model": "protege", "messages": [{"role": "user", "content": "Who leads Zephyr?"}]}'
 
-Endpoints: POST /v1/chat/completions (stream or not), GET /v1/models, POST /v1/documents
-(multipart `file`, optional form fields `visibility`, `groups`), GET /v1/documents,
-POST /admin/adapters/reload, GET /healthz.
+Endpoints: POST /v1/chat/completions (stream or not), GET /v1/models, POST /admin/adapters/reload,
+GET /healthz; documents and search (POST/GET /v1/documents, GET/DELETE /v1/documents/{id},
+POST /v1/search) are in assistant/routes_documents.py.
 
 Extra fields beside the OpenAI ones in chat answers: `adapter_version`, `sources`
 ([{document_id, title, chunk_id}]) and `exchange_id` (the logged row); the adapter version is also
@@ -30,7 +30,7 @@ from concurrent.futures import Future
 from contextlib import asynccontextmanager
 from typing import Any, Literal
 
-from fastapi import FastAPI, File, Form, Request, UploadFile
+from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from sqlmodel import Session
@@ -39,12 +39,13 @@ from starlette.concurrency import run_in_threadpool
 from assistant.embedded_engine import EmbeddedEngine
 from assistant.engine import Engine, GenerationParams, GenerationResult, Message
 from assistant.hotswap import AdapterSwitcher
+from assistant.routes_documents import router as documents_router
 from knowledge.db import open_database
 from knowledge.errors import BadInputError, NotFoundError, ProtegeError
 from knowledge.prompting import grounded_user_message
 from knowledge.settings import Settings
 from knowledge.store import KnowledgeStore, RetrievedChunk
-from knowledge.tables import Document, Exchange
+from knowledge.tables import Exchange
 from learner.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -310,31 +311,7 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> FastAPI:
             ],  # fmt: skip
         }
 
-    @app.post("/v1/documents", status_code=201)
-    async def upload_document(
-        file: UploadFile = File(...),
-        visibility: str = Form("company"),
-        groups: str = Form(""),
-    ) -> JSONResponse:
-        limit = settings.knowledge.max_upload_bytes
-        data = await file.read(limit + 1)  # never more than one byte past the limit
-        if len(data) > limit:
-            raise BadInputError(
-                f"{file.filename!r} is larger than the upload limit of {limit:,} bytes"
-            )
-        names = [g.strip() for g in groups.split(",") if g.strip()]
-        result = await run_in_threadpool(
-            lambda: store.ingest_bytes(
-                file.filename or "upload.txt", data, visibility=visibility, groups=names
-            )
-        )
-        body = {**_document_json(result.document), "created": result.created}
-        return JSONResponse(body, status_code=201 if result.created else 200)
-
-    @app.get("/v1/documents")
-    async def list_documents() -> dict[str, Any]:
-        documents = await run_in_threadpool(store.list_documents)
-        return {"object": "list", "data": [_document_json(d) for d in documents]}
+    app.include_router(documents_router)  # /v1/documents[/{id}], /v1/search
 
     @app.post("/admin/adapters/reload")
     async def reload_adapters() -> dict[str, object]:
@@ -357,18 +334,4 @@ def _usage(result: GenerationResult) -> dict[str, int]:
         "prompt_tokens": result.prompt_tokens,
         "completion_tokens": result.completion_tokens,
         "total_tokens": result.prompt_tokens + result.completion_tokens,
-    }
-
-
-def _document_json(document: Document) -> dict[str, Any]:
-    return {
-        "id": document.id,
-        "name": document.name,
-        "title": document.title,
-        "n_chunks": document.n_chunks,
-        "visibility": document.visibility,
-        "groups": [g for g in document.groups.split(",") if g],
-        "media_type": document.media_type,
-        "size_bytes": document.size_bytes,
-        "created_at": document.created_at.isoformat() if document.created_at else None,
     }

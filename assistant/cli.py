@@ -2,7 +2,9 @@
 
     protege sandbox build --size demo        # build (or reuse) the offline sandbox
     protege serve                            # API + engine on serving.host:port
-    protege ingest docs/                     # add documents
+    protege ingest docs/                     # add documents (folders recurse)
+    protege documents list|show ID|delete ID --yes
+    protege knowledge check [--repair]       # SQL vs vector index drift
     protege train --now                      # one nightly cycle now
     protege eval --qa Q.jsonl --ifeval I.jsonl --adapter current --json
     protege adapters list|promote V|rollback
@@ -54,20 +56,6 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
     from assistant.server import serve
 
     serve(settings)
-    return 0
-
-
-def _ingest(settings: Settings, args: argparse.Namespace) -> int:
-    from knowledge.store import KnowledgeStore
-    from learner.modeling import load_tokenizer, resolve_model_ref
-
-    tokenizer = load_tokenizer(resolve_model_ref(settings, settings.models.student))
-    store = KnowledgeStore(
-        settings, count_tokens=lambda s: len(tokenizer.encode(s, add_special_tokens=False))
-    )
-    results = store.ingest_paths([Path(p) for p in args.paths], uploaded_by=args.user)
-    new = sum(r.created for r in results)
-    print(f"ingested {len(results)} document(s): {new} new, {len(results) - new} already known")
     return 0
 
 
@@ -185,10 +173,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("serve", help="start the API server").set_defaults(func=_serve)
 
-    ingest = sub.add_parser("ingest", help="add documents (files or folders)")
-    ingest.add_argument("paths", nargs="+")
-    ingest.add_argument("--user", default="cli")
-    ingest.set_defaults(func=_ingest)
+    from assistant.cli_documents import add_commands
+
+    add_commands(sub)  # ingest, documents list|show|delete, knowledge check [--repair]
 
     train = sub.add_parser("train", help="run a training cycle")
     train.add_argument("--now", action="store_true", help="run one cycle now")

@@ -1,10 +1,13 @@
-"""`VectorIndex` on an embedded Chroma database (a folder on disk, no server).
+"""`VectorIndex` on Chroma: embedded (a folder on disk) or a Chroma server over HTTP.
 
+    index = open_index(settings)     # knowledge.chroma_url set: HttpClient; else PersistentClient
     index = ChromaIndex(settings.chroma_dir, settings.knowledge.collection)
+    index = ChromaIndex.server("http://127.0.0.1:8000", "protege-chunks")
 
 Embeddings are always passed in: Chroma's default embedding function downloads a model (fails
 offline), and a custom one is stored by name in the collection, which other processes then cannot
-open. Only one process should write a given folder (the serving app); others read SQL.
+open. Only one process should write a given folder (the serving app); others read SQL. A server
+(`chroma run --path DIR --port P`) lets several processes share one index.
 """
 
 from __future__ import annotations
@@ -15,22 +18,33 @@ from pathlib import Path
 from typing import Any
 
 from knowledge.errors import ConfigError
+from knowledge.settings import Settings
 from knowledge.vector_index import Metadata, VectorHit
 
 _ID_PAGE = 10_000
 
 
+def open_index(settings: Settings) -> ChromaIndex:
+    """The index `settings` name: a Chroma server if `knowledge.chroma_url`, else embedded."""
+    knobs = settings.knowledge
+    if knobs.chroma_url:
+        return ChromaIndex.server(knobs.chroma_url, knobs.collection)
+    return ChromaIndex(settings.chroma_dir, knobs.collection)
+
+
 class ChromaIndex:
-    def __init__(self, path: Path, collection: str) -> None:
-        import chromadb
-        from chromadb.config import Settings as ChromaSettings
+    def __init__(self, path: Path | None, collection: str, *, client: Any = None) -> None:
         from chromadb.errors import InvalidArgumentError
 
-        path.mkdir(parents=True, exist_ok=True)
-        # Telemetry would try the network on every start; this machine may have none.
-        self._client = chromadb.PersistentClient(
-            path=str(path), settings=ChromaSettings(anonymized_telemetry=False)
-        )
+        if client is None:
+            import chromadb
+
+            if path is None:
+                raise ConfigError("ChromaIndex needs a folder or a client")
+            path.mkdir(parents=True, exist_ok=True)
+            client = chromadb.PersistentClient(path=str(path), settings=_chroma_settings())
+        self._client = client
+        self.collection_name = collection
         try:
             self._collection = self._client.get_or_create_collection(
                 collection,
@@ -49,6 +63,33 @@ class ChromaIndex:
         self._max_batch = max(1, int(self._client.get_max_batch_size()))
         # Calls are short (a query ~2 ms); one lock keeps the client's use simple and safe.
         self._lock = threading.Lock()
+
+    @classmethod
+    def server(cls, url: str, collection: str) -> ChromaIndex:
+        """A Chroma server at `url` ("http://host:port"); fails fast if it does not answer."""
+        from urllib.parse import urlsplit
+
+        import chromadb
+
+        parts = urlsplit(url if "://" in url else f"http://{url}")
+        if parts.scheme not in {"http", "https"} or not parts.hostname:
+            raise ConfigError(f"knowledge.chroma_url {url!r}: expected http(s)://host:port")
+        try:
+            client = chromadb.HttpClient(
+                host=parts.hostname,
+                port=parts.port or (443 if parts.scheme == "https" else 8000),
+                ssl=parts.scheme == "https",
+                settings=_chroma_settings(),
+            )
+            client.heartbeat()
+        except Exception as exc:  # connection refused, DNS, TLS: all mean "not reachable"
+            raise ConfigError(f"Chroma server {url} is not reachable: {exc}") from exc
+        return cls(None, collection, client=client)
+
+    @property
+    def client(self) -> Any:
+        """The chromadb client (LangChain's Chroma wrapper shares it)."""
+        return self._client
 
     def add(
         self,
@@ -79,17 +120,24 @@ class ChromaIndex:
                 self._collection.delete(ids=list(ids[start : start + self._max_batch]))
 
     def query(
-        self, embedding: Sequence[float], k: int, where: Mapping[str, Any] | None = None
+        self,
+        embedding: Sequence[float],
+        k: int,
+        where: Mapping[str, Any] | None = None,
+        *,
+        payload: bool = True,
     ) -> list[VectorHit]:
+        if k <= 0:
+            return []
+        # Chroma 1.5 answers n_results > count (and an empty collection) with what it has, so no
+        # count() first: that round trip cost ~1 ms per query at 10k vectors.
+        include = ["documents", "metadatas", "distances"] if payload else ["distances"]
         with self._lock:
-            total = self._collection.count()
-            if total == 0 or k <= 0:
-                return []
             result = self._collection.query(
                 query_embeddings=[list(map(float, embedding))],
-                n_results=min(k, total),
+                n_results=k,
                 where=dict(where) if where else None,
-                include=["documents", "metadatas", "distances"],
+                include=include,
             )
         ids = result["ids"][0]
         distances = (result.get("distances") or [[]])[0]
@@ -113,3 +161,10 @@ class ChromaIndex:
                 out.extend(page)
                 if len(page) < _ID_PAGE:
                     return out
+
+
+def _chroma_settings() -> Any:
+    from chromadb.config import Settings as ChromaSettings
+
+    # Telemetry would try the network on every start; this machine may have none.
+    return ChromaSettings(anonymized_telemetry=False)

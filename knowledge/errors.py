@@ -23,6 +23,24 @@ class UnsupportedDocumentError(BadInputError):
     http_status = 415
 
 
+class MislabeledDocumentError(UnsupportedDocumentError):
+    """The file's name says one type, its content another (e.g. `report.pdf` holding a ZIP)."""
+
+
+class CorruptDocumentError(BadInputError):
+    """A PDF/DOCX that cannot be read, or one that would unpack to far more than it weighs."""
+
+
+class TooLargeError(BadInputError):
+    http_status = 413
+
+
+class ConflictError(ProtegeError):
+    """Another writer changed the same document at the same moment; retrying is safe."""
+
+    http_status = 409
+
+
 class NotFoundError(ProtegeError):
     http_status = 404
 

@@ -1,29 +1,43 @@
-"""Turn an uploaded file (name + bytes) into clean text and a title. Plain text and Markdown.
+"""Turn an uploaded file (name + bytes) into clean text, a title and citation spans.
 
-    parsed = parse_document("handbook.md", data)   # ParsedDocument(name, title, text, media_type)
-    files = collect_files([Path("docs/")])          # the .txt/.md files to ingest, recursively
+    parsed = parse_document("handbook.pdf", data)   # ParsedDocument(name, title, text, ...)
+    files = collect_files([Path("docs/")])           # supported files under folders, recursively
 
+Formats: .txt, .md, .csv, .html, .pdf, .docx, detected by content (knowledge/formats/detect.py).
 Everything an upload can get wrong is a `BadInputError` (400) with a message meant for the user;
-a file type we cannot read is an `UnsupportedDocumentError` (415).
+a type we cannot read is an `UnsupportedDocumentError` (415), a name contradicting the content a
+`MislabeledDocumentError` (415), a damaged or bomb-like PDF/DOCX a `CorruptDocumentError` (400).
 """
 
 from __future__ import annotations
 
 import re
 import unicodedata
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from knowledge.errors import BadInputError, NotFoundError, UnsupportedDocumentError
+from knowledge.errors import BadInputError, NotFoundError
+from knowledge.formats import Extracted, Limits, Span
+from knowledge.formats.detect import MEDIA_TYPES, SUPPORTED_SUFFIXES, decode_text, detect_kind
+from knowledge.formats.docx import parse_docx
+from knowledge.formats.html import parse_html
+from knowledge.formats.pdf import parse_pdf
+from knowledge.formats.text import parse_csv, parse_markdown, parse_text
 
-MEDIA_TYPES = {".txt": "text/plain", ".md": "text/markdown", ".markdown": "text/markdown"}
-SUPPORTED_SUFFIXES = frozenset(MEDIA_TYPES)
+__all__ = ["ParsedDocument", "collect_files", "decode_text", "parse_document", "sanitize_name"]
+
 MAX_NAME_CHARS = 200
+_CONTROLS = re.compile("[\x00-\x08\x0b\x0e-\x1f\x7f]")
 MAX_TITLE_CHARS = 200
-_ALLOWED_CONTROLS = frozenset("\t\n\r\f\v")
-# ATX heading; a closing run of #s only counts after a space (so "# C#" keeps its "#").
-_HEADING = re.compile(r"^#{1,6}\s+(.+?)(?:\s+#+)?\s*$")
+PARSERS: dict[str, Callable[[str, bytes, Limits], Extracted]] = {
+    "text": parse_text,
+    "markdown": parse_markdown,
+    "csv": parse_csv,
+    "html": parse_html,
+    "pdf": parse_pdf,
+    "docx": parse_docx,
+}
 
 
 @dataclass(frozen=True)
@@ -32,18 +46,26 @@ class ParsedDocument:
     title: str
     text: str
     media_type: str
+    spans: list[Span] = field(default_factory=lambda: [Span(0)])
 
 
 def sanitize_name(name: str) -> str:
-    """The bare file name: no directories, no `..`, no control characters, no leading dots.
+    """The bare file name: no directories, no `..`, no control or invisible characters.
 
-    Raises BadInputError when nothing usable is left (e.g. "../..").
+    NFKC folds look-alike forms (full-width letters, ligatures) so names compare as people read
+    them; format characters (bidi overrides that disguise `exe.txt` as `txt.exe`, zero-width
+    spaces) are dropped. Raises BadInputError when nothing usable is left (e.g. "../..").
     """
+    if not isinstance(name, str):
+        raise BadInputError("a file name is required")
+    name = unicodedata.normalize("NFKC", name)
+    if name.rstrip().endswith(("/", "\\")):  # a folder, not a file
+        raise BadInputError(f"invalid file name {name!r}: it names a folder")
     # Either slash counts as a directory separator, whatever the uploader's OS.
     base = PurePosixPath(name.replace("\\", "/")).name
-    base = "".join(ch for ch in base if unicodedata.category(ch)[0] != "C")
+    base = "".join(ch for ch in base if unicodedata.category(ch)[0] not in {"C", "Z"} or ch == " ")
     base = base.strip().lstrip(".").strip()  # no hidden files, no "..", no " .md"
-    if not base or not PurePosixPath(base).stem:
+    if not base or not PurePosixPath(base).stem.strip(". "):
         raise BadInputError(f"invalid file name {name!r}")
     if len(base) > MAX_NAME_CHARS:
         suffix = PurePosixPath(base).suffix[:16]
@@ -51,59 +73,38 @@ def sanitize_name(name: str) -> str:
     return base
 
 
-def media_type_for(name: str) -> str:
-    suffix = PurePosixPath(name).suffix.lower()
-    if suffix not in MEDIA_TYPES:
-        supported = ", ".join(sorted(SUPPORTED_SUFFIXES))
-        raise UnsupportedDocumentError(
-            f"{name!r}: unsupported file type {suffix or '(none)'!r}; supported: {supported}"
-        )
-    return MEDIA_TYPES[suffix]
-
-
-def decode_text(name: str, data: bytes) -> str:
-    """Strict UTF-8 (a BOM is dropped), newlines normalised; binary or blank -> BadInputError."""
-    if not data:
-        raise BadInputError(f"{name!r} is empty")
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise BadInputError(
-            f"{name!r} is not UTF-8 text (byte {exc.start}); save it as UTF-8 and upload again"
-        ) from exc
-    # Valid UTF-8 can still be binary (NUL bytes, UTF-16 ASCII, escape-laden dumps).
-    controls = sum(
-        1 for ch in text if unicodedata.category(ch) == "Cc" and ch not in _ALLOWED_CONTROLS
-    )
-    if "\x00" in text or controls > max(1, len(text) // 100):
-        raise BadInputError(f"{name!r} looks like binary data, not text")
-    text = text.replace("\r\n", "\n").replace("\r", "\n")
-    if not text.strip():
-        raise BadInputError(f"{name!r} has no text")
-    return text
-
-
-def find_title(text: str, name: str, markdown: bool) -> str:
+def find_title(text: str, name: str, markdown: bool = False) -> str:
     """First Markdown heading (for .md), else the first non-blank line, else the file name."""
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    title = ""
-    if markdown:
-        title = next((m.group(1) for line in lines if (m := _HEADING.match(line))), "")
-    if not title and lines:
-        title = lines[0].lstrip("#").strip()
-    title = title or PurePosixPath(name).stem
+    from knowledge.formats.text import markdown_extracted
+
+    title = (markdown_extracted(text).title or "") if markdown else ""
+    lines = (line.strip() for line in text.splitlines() if line.strip())
+    title = title or next((line.lstrip("#").strip() for line in lines), "")
+    return clip_title(title or PurePosixPath(name).stem)
+
+
+def clip_title(title: str) -> str:
+    title = " ".join(title.split())
     if len(title) > MAX_TITLE_CHARS:
         title = title[: MAX_TITLE_CHARS - 1].rstrip() + "…"
     return title
 
 
-def parse_document(name: str, data: bytes) -> ParsedDocument:
-    """Sanitise the name, check the type, decode and title the text."""
+def parse_document(name: str, data: bytes, limits: Limits | None = None) -> ParsedDocument:
+    """Sanitise the name, detect the type from the content, extract text, title and spans."""
     clean = sanitize_name(name)
-    media_type = media_type_for(clean)
-    text = decode_text(clean, data)
-    title = find_title(text, clean, markdown=media_type == "text/markdown")
-    return ParsedDocument(name=clean, title=title, text=text, media_type=media_type)
+    if not data:
+        raise BadInputError(f"{clean!r} is empty")
+    kind = detect_kind(clean, data)
+    extracted = PARSERS[kind](clean, data, limits or Limits())
+    # Control characters (PDF extraction yields some) become spaces: PostgreSQL refuses NUL in
+    # text, and the same length keeps the spans' offsets right.
+    text = _CONTROLS.sub(" ", extracted.text)
+    if not text.strip():
+        raise BadInputError(f"{clean!r} has no text")
+    title = clip_title(_CONTROLS.sub(" ", extracted.title or "")) or find_title(text, clean)
+    spans = extracted.spans or [Span(0)]
+    return ParsedDocument(clean, title, text, MEDIA_TYPES[kind], spans)
 
 
 def collect_files(paths: Sequence[Path]) -> list[Path]:

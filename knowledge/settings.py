@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from knowledge.errors import ConfigError
 
@@ -48,11 +48,32 @@ class SandboxConfig(_Section):
 
 
 class KnowledgeConfig(_Section):
-    chunk_tokens: int = 160
-    chunk_overlap: int = 32
-    top_k: int = 3
+    """Documents, chunking, retrieval and the vector index (see README, "Knowledge")."""
+
+    # Chunk size and overlap in the student's tokens (the tokenizer of the model reading them).
+    chunk_tokens: int = Field(160, gt=0)
+    chunk_overlap: int = Field(32, ge=0)
+    top_k: int = Field(3, gt=0)
     collection: str = "protege-chunks"
-    max_upload_bytes: int = 5_000_000
+    # None: embedded Chroma in <home>/chroma; "http://host:port": a Chroma server (`chroma run`).
+    chroma_url: str | None = None
+    # Which documents the nightly cycle may train on. Training bakes a document into weights that
+    # every user reaches, so group-restricted documents are left out unless this says "all".
+    train_on: Literal["company_only", "all", "none"] = "company_only"
+    # Limits on what one upload may cost (each refusal is a clear 400/413-style error).
+    max_upload_bytes: int = Field(5_000_000, gt=0)
+    max_unpacked_bytes: int = Field(50_000_000, gt=0)  # a DOCX's ZIP members, all together
+    max_text_chars: int = Field(2_000_000, gt=0)  # text extracted from one file
+    max_pages: int = Field(2_000, gt=0)  # PDF pages
+
+    @model_validator(mode="after")
+    def _overlap_fits(self) -> KnowledgeConfig:
+        if self.chunk_overlap >= self.chunk_tokens:
+            raise ValueError(
+                f"chunk_overlap ({self.chunk_overlap}) must be below chunk_tokens "
+                f"({self.chunk_tokens})"
+            )
+        return self
 
 
 class LoraConfig(_Section):

@@ -1,103 +1,75 @@
 """The knowledge store: documents in SQL (the truth) plus their chunk vectors in Chroma.
 
     store = KnowledgeStore(settings, count_tokens=lambda s: len(tok.encode(s)))
-    store.ingest_bytes("handbook.md", data, uploaded_by="ana")       # IngestResult
+    store.ingest_bytes("handbook.pdf", data, uploaded_by="ana")      # IngestResult
     store.ingest_paths([Path("docs/")])                              # folders recurse
     store.retrieve("How many vacation days?", groups=["hr"])         # [RetrievedChunk, ...]
+    store.delete_document(3)                                         # every version, forgotten
 
 An ingest is all-or-nothing: rows are written in one SQL transaction, vectors are added before it
-commits, and whichever step fails undoes the other. Vectors left behind by a crash are ignored at
-query time (every hit is checked against SQL, ACL included) and removed by `sync_index()`.
+commits, and whichever step fails undoes the other. Uploading new bytes under a name that exists
+makes a new version: in the same transaction the old version's chunk rows go and its row becomes
+"superseded", so retrieval (which checks every hit against SQL) switches versions at the commit;
+the old vectors are deleted right after. A crash leaves at worst vectors without rows, invisible
+at query time and removed by `check_index(repair=True)` (`protege knowledge check --repair`),
+which the API server also runs at start.
 
-One store may be shared by threads. Only one process should write a Chroma folder (the app);
-others (the nightly trainer) read SQL only, and Chroma is not opened until retrieval needs it.
+One store may be shared by threads. With embedded Chroma only one process should write the folder
+(the app); others (the nightly trainer) read SQL only, and Chroma is not opened until needed.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
-import re
 import threading
 from collections.abc import Callable, Collection, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, delete, select
 from tqdm import tqdm
 
-from knowledge.chunking import chunk_text, count_words
+from knowledge.acl import check_access, vector_metadata
+from knowledge.chunking import ChunkPiece, chunk_document, count_words
 from knowledge.db import open_database
+from knowledge.deletion import DeleteResult, delete_versions
 from knowledge.embeddings import Embedder, get_embedder
-from knowledge.errors import BadInputError, NotFoundError, ProtegeError
+from knowledge.errors import (
+    BadInputError,
+    ConflictError,
+    NotFoundError,
+    ProtegeError,
+    TooLargeError,
+)
+from knowledge.faults import pause_point
+from knowledge.formats import Limits
 from knowledge.parsing import collect_files, parse_document
+from knowledge.retrieval import RetrievedChunk, search_by_vector
 from knowledge.settings import Settings
-from knowledge.tables import Chunk, Document, DocumentText
+from knowledge.tables import CURRENT, DELETED, SUPERSEDED, Chunk, Document, DocumentText, utcnow
 from knowledge.vector_index import VectorIndex
 
+__all__ = ["DeleteResult", "IngestReport", "IngestResult", "KnowledgeStore", "RetrievedChunk"]
 log = logging.getLogger(__name__)
-
-VISIBILITIES = ("company", "groups")
-_GROUP_NAME = re.compile(r"^[\w.@-]{1,64}$")  # also a safe Chroma metadata key suffix
-_GROUP_KEY = "group:"
 
 
 @dataclass(frozen=True)
 class IngestResult:
     document: Document
-    created: bool  # False: these exact bytes were already stored; `document` is that one
+    created: bool  # False: these exact bytes are already a current document; `document` is it
+    replaced: Document | None = None  # the version this upload superseded, if any
 
 
 @dataclass(frozen=True)
-class RetrievedChunk:
-    chunk_id: str
-    document_id: int
-    title: str
-    text: str
-    score: float  # cosine similarity of query and chunk, higher is closer
-    name: str = ""  # the document's file name
-    position: int = 0  # the chunk's place in its document
-
-
-def _clean_groups(groups: Sequence[str] | str, *, strict: bool) -> list[str]:
-    if isinstance(groups, str):  # a bare string would otherwise iterate characters
-        groups = [groups]
-    names = sorted({g.strip() for g in groups if g and g.strip()})
-    bad = [g for g in names if not _GROUP_NAME.match(g)]
-    if bad and strict:
-        raise BadInputError(f"invalid group names {bad}: use letters, digits, '_', '.', '@', '-'")
-    # Dropping a caller's malformed group can only hide documents, never reveal them.
-    return [g for g in names if g not in bad]
-
-
-def _visible(document: Document, caller_groups: Collection[str]) -> bool:
-    if document.visibility == "company":
-        return True
-    return bool(set(filter(None, document.groups.split(","))) & set(caller_groups))
-
-
-def _vector_metadata(document: Document, position: int) -> dict[str, str | int | bool]:
-    """What Chroma filters on: visibility plus one boolean key per group (`group:hr: True`)."""
-    groups = filter(None, document.groups.split(","))
-    return {
-        "document_id": document.id or 0,
-        "position": position,
-        "visibility": document.visibility,
-        **{f"{_GROUP_KEY}{g}": True for g in groups},
-    }
-
-
-def _acl_where(caller_groups: Sequence[str]) -> dict[str, Any]:
-    company = {"visibility": "company"}
-    if not caller_groups:
-        return company
-    return {"$or": [company, *({f"{_GROUP_KEY}{g}": True} for g in caller_groups)]}
+class IngestReport:
+    results: list[IngestResult] = field(default_factory=list)
+    failures: list[tuple[Path, str]] = field(default_factory=list)  # (file, why)
 
 
 class KnowledgeStore:
-    """Documents, chunks and their vectors. See the module docstring."""
+    """Documents, versions, chunks and their vectors. See the module docstring."""
 
     def __init__(
         self,
@@ -113,9 +85,11 @@ class KnowledgeStore:
         self._index = index
         self._embedder = embedder
         self._open_lock = threading.Lock()
-        # One writer at a time in this process: keeps dedupe-then-insert simple. Other processes
-        # are covered by the unique sha256 index (see _insert).
-        self._write_lock = threading.Lock()
+        # One writer at a time in this process: keeps dedupe/versioning simple. Other processes
+        # are covered by the partial unique indexes on current name and sha256 (see _insert).
+        self.write_lock = threading.Lock()
+        knobs = settings.knowledge
+        self.limits = Limits(knobs.max_unpacked_bytes, knobs.max_text_chars, knobs.max_pages)
 
     # -- components, opened on first use -------------------------------------------------------
 
@@ -124,11 +98,9 @@ class KnowledgeStore:
         if self._index is None:
             with self._open_lock:
                 if self._index is None:
-                    from knowledge.chroma_index import ChromaIndex
+                    from knowledge.chroma_index import open_index
 
-                    self._index = ChromaIndex(
-                        self.settings.chroma_dir, self.settings.knowledge.collection
-                    )
+                    self._index = open_index(self.settings)
         return self._index
 
     @property
@@ -149,34 +121,33 @@ class KnowledgeStore:
         data: bytes,
         *,
         uploaded_by: str | None = None,
-        visibility: str = "company",
-        groups: Sequence[str] = (),
+        visibility: str | None = None,
+        groups: Sequence[str] | str | None = None,
     ) -> IngestResult:
-        """Parse, chunk, embed and store one file (all or nothing).
+        """Parse, chunk, embed and store one file (all or nothing); see the module docstring.
 
-        The same bytes twice give one document: the first upload's name and access are kept.
+        The same bytes as a current document give that document back (`created=False`); new
+        bytes under a current document's name become its next version. Access: `visibility`
+        "company" or "groups" (with `groups`); given neither, a new version keeps the access of
+        the version it replaces (widening access must be explicit) and a new document is company.
         """
+        inherit = visibility is None and not groups
+        visibility = visibility or ("groups" if groups else "company")
         limit = self.settings.knowledge.max_upload_bytes
         if len(data) > limit:
-            raise BadInputError(f"{name!r} is {len(data):,} bytes; the upload limit is {limit:,}")
-        if visibility not in VISIBILITIES:
-            raise BadInputError(f"visibility must be one of {VISIBILITIES}, got {visibility!r}")
-        group_names = _clean_groups(groups, strict=True)
-        if visibility == "groups" and not group_names:
-            raise BadInputError("visibility 'groups' needs at least one group")
-        if visibility == "company" and group_names:
-            # Refuse rather than drop: a forgotten visibility would publish a private document.
-            raise BadInputError("groups given but visibility is 'company'; use 'groups'")
-        parsed = parse_document(name, data)
+            raise TooLargeError(f"{name!r} is {len(data):,} bytes; the upload limit is {limit:,}")
+        group_names = check_access(visibility, groups)
+        parsed = parse_document(name, data, self.limits)
         sha = hashlib.sha256(data).hexdigest()
-        if existing := self._by_sha(sha):  # cheap exit before chunking and embedding
+        if existing := self._current_by_sha(sha):  # cheap exit before chunking and embedding
             return IngestResult(existing, created=False)
-
         knobs = self.settings.knowledge
-        texts = chunk_text(parsed.text, self.count_tokens, knobs.chunk_tokens, knobs.chunk_overlap)
-        if not texts:
+        pieces = chunk_document(
+            parsed.text, parsed.spans, self.count_tokens, knobs.chunk_tokens, knobs.chunk_overlap
+        )
+        if not pieces:
             raise BadInputError(f"{parsed.name!r} has no text")
-        vectors = self.embedder.embed(texts)  # slow part, done outside the write lock
+        vectors = self.embedder.embed([p.text for p in pieces])  # slow: outside the write lock
         document = Document(
             name=parsed.name,
             title=parsed.title,
@@ -186,40 +157,60 @@ class KnowledgeStore:
             visibility=visibility,
             groups=",".join(group_names),
             uploaded_by=uploaded_by,
-            n_chunks=len(texts),
+            n_chunks=len(pieces),
         )
         index = self.index
-        with self._write_lock:
-            return self._insert(index, document, parsed.text, texts, vectors)
+        with self.write_lock:
+            return self._insert(index, document, parsed.text, pieces, vectors, inherit)
 
     def _insert(
         self,
         index: VectorIndex,
         document: Document,
         text: str,
-        texts: list[str],
+        pieces: list[ChunkPiece],
         vectors: list[list[float]],
+        inherit_access: bool = False,
     ) -> IngestResult:
-        ids: list[str] = []
+        new_ids: list[str] = []
+        old_ids: list[str] = []
+        previous: Document | None = None
         try:
             with self.session() as session:  # leaving it without commit rolls back
-                found = session.exec(select(Document).where(Document.sha256 == document.sha256))
-                if existing := found.first():
+                current = select(Document).where(Document.status == CURRENT)
+                if existing := session.exec(
+                    current.where(Document.sha256 == document.sha256)
+                ).first():
                     return IngestResult(existing, created=False)
+                previous = session.exec(current.where(Document.name == document.name)).first()
+                if previous is not None:
+                    document.version = previous.version + 1
+                    if inherit_access:
+                        document.visibility, document.groups = previous.visibility, previous.groups
+                    old_ids = list(
+                        session.exec(select(Chunk.id).where(Chunk.document_id == previous.id))
+                    )
+                    session.exec(delete(Chunk).where(col(Chunk.document_id) == previous.id))
+                    previous.status, previous.superseded_at = SUPERSEDED, utcnow()
+                    session.add(previous)
+                    session.flush()  # the old row stops being current before the new one lands
                 session.add(document)
                 session.flush()  # assigns document.id, which the chunk ids are made of
                 assert document.id is not None
                 chunks = [
-                    Chunk(id=f"{document.id}-{i}", document_id=document.id, position=i, text=t,
-                          n_tokens=self.count_tokens(t))
-                    for i, t in enumerate(texts)
+                    Chunk(id=f"{document.id}-{i}", document_id=document.id, position=i,
+                          text=p.text, n_tokens=self.count_tokens(p.text), heading=p.heading,
+                          page_start=p.page_start, page_end=p.page_end)
+                    for i, p in enumerate(pieces)
                 ]  # fmt: skip
                 session.add_all(chunks)
                 session.add(DocumentText(document_id=document.id, text=text))
                 session.flush()  # surface SQL errors before touching the index
-                ids = [c.id for c in chunks]
-                metadatas = [_vector_metadata(document, c.position) for c in chunks]
-                index.add(ids, vectors, texts, metadatas)
+                pause_point("before_vectors")
+                new_ids = [c.id for c in chunks]
+                metadatas = [vector_metadata(document, c) for c in chunks]
+                index.add(new_ids, vectors, [c.text for c in chunks], metadatas)
+                pause_point("after_vectors")  # a crash here leaves orphan vectors only
                 connection = session.connection()
                 try:
                     session.commit()
@@ -231,52 +222,73 @@ class KnowledgeStore:
                     raise
         except BaseException as exc:
             # Undo the vectors too (some batches may have landed before an add failed).
-            self._forget_vectors(index, ids)
-            if isinstance(exc, IntegrityError) and (existing := self._by_sha(document.sha256)):
-                return IngestResult(existing, created=False)  # another process won the race
+            self.forget_vectors(index, new_ids)
+            if isinstance(exc, IntegrityError):
+                if existing := self._current_by_sha(document.sha256):
+                    return IngestResult(existing, created=False)  # another process won the race
+                raise ConflictError(
+                    f"{document.name!r} was changed by another upload at the same moment; retry"
+                ) from exc
             raise
-        log.info("ingested %s as document %s (%d chunks)", document.name, document.id, len(ids))
-        return IngestResult(document, created=True)
+        pause_point("after_commit")  # a crash here leaves the old version's vectors (orphans)
+        self.forget_vectors(index, old_ids)
+        log.info("ingested %s v%d as document %s (%d chunks)", document.name, document.version,
+                 document.id, len(new_ids))  # fmt: skip
+        return IngestResult(document, created=True, replaced=previous)
 
     @staticmethod
-    def _forget_vectors(index: VectorIndex, ids: Sequence[str]) -> None:
+    def forget_vectors(index: VectorIndex, ids: Sequence[str]) -> None:
         if not ids:
             return
         try:
             index.delete(ids)
         except Exception:  # the first error matters more; leftovers are ignored at query time
-            log.exception("could not remove %d vectors after a failed write", len(ids))
+            log.exception(
+                "could not remove %d vectors; `protege knowledge check --repair` will", len(ids)
+            )
 
-    def ingest_paths(
+    def ingest_files(
         self,
         paths: Sequence[Path],
         *,
         uploaded_by: str | None = None,
-        visibility: str = "company",
-        groups: Sequence[str] = (),
+        visibility: str | None = None,
+        groups: Sequence[str] | str | None = None,
         progress: bool = True,
-    ) -> list[IngestResult]:
-        """Ingest files, and .txt/.md files under folders (recursively), one atomic ingest each.
+        keep_going: bool = True,
+    ) -> IngestReport:
+        """Ingest files, and supported files under folders (recursively), one atomic ingest each.
 
-        Stops at the first bad file, raising its error with the path; files before it stay.
+        `keep_going`: a bad file is reported in `failures` and the rest still go in; otherwise the
+        first bad file raises its error (with the path) and the files before it stay.
         """
         files = collect_files(paths)
         limit = self.settings.knowledge.max_upload_bytes
-        results = []
-        for path in tqdm(files, desc="ingest", unit="file", disable=not progress):
+        report = IngestReport()
+        bar = tqdm(files, desc="ingest", unit="file", disable=not progress)
+        for path in bar:
+            bar.set_postfix_str(path.name[-40:], refresh=False)
             try:
-                if path.stat().st_size > limit:  # don't read a huge file just to refuse it
-                    raise BadInputError(f"{path.stat().st_size:,} bytes; the limit is {limit:,}")
-                data = path.read_bytes()
+                try:
+                    if (size := path.stat().st_size) > limit:  # don't read a huge file to refuse it
+                        raise TooLargeError(f"{size:,} bytes; the upload limit is {limit:,}")
+                    data = path.read_bytes()
+                except OSError as exc:
+                    raise BadInputError(f"cannot read: {exc}") from exc
                 result = self.ingest_bytes(
                     path.name, data, uploaded_by=uploaded_by, visibility=visibility, groups=groups
                 )
-            except OSError as exc:
-                raise BadInputError(f"{path}: cannot read: {exc}") from exc
             except ProtegeError as exc:
-                raise type(exc)(f"{path}: {exc}") from exc
-            results.append(result)
-        return results
+                if not keep_going:
+                    raise type(exc)(f"{path}: {exc}") from exc
+                report.failures.append((path, str(exc)))
+                continue
+            report.results.append(result)
+        return report
+
+    def ingest_paths(self, paths: Sequence[Path], **kwargs: object) -> list[IngestResult]:
+        """`ingest_files` that stops at the first bad file (raising it); returns the results."""
+        return self.ingest_files(paths, keep_going=False, **kwargs).results  # type: ignore[arg-type]
 
     # -- retrieval -------------------------------------------------------------------------------
 
@@ -291,46 +303,35 @@ class KnowledgeStore:
         k = self.settings.knowledge.top_k if k is None else k
         if k <= 0:
             raise BadInputError(f"k must be positive, got {k}")
-        if not query.strip():
-            return []
-        caller_groups = _clean_groups(groups or (), strict=False)
-        index = self.index
-        if index.count() == 0:
+        if not query.strip() or self.index.count() == 0:
             return []
         [vector] = self.embedder.embed([query])
-        hits = index.query(vector, k, where=_acl_where(caller_groups))
-        if not hits:
-            return []
-        with self.session() as session:
-            query = select(Chunk, Document).join(Document)
-            rows = session.exec(query.where(col(Chunk.id).in_([h.id for h in hits])))
-            found = {chunk.id: (chunk, document) for chunk, document in rows}
-        results = []
-        for hit in hits:
-            # SQL is the truth: skip vectors of deleted documents and re-check the ACL.
-            chunk, document = found.get(hit.id, (None, None))
-            if chunk is None or document is None or not _visible(document, caller_groups):
-                continue
-            results.append(
-                RetrievedChunk(chunk.id, chunk.document_id, document.title, chunk.text,
-                               hit.score, name=document.name, position=chunk.position)
-            )  # fmt: skip
-        return results
+        return self.retrieve_by_vector(vector, k, groups)
+
+    def retrieve_by_vector(
+        self, vector: Sequence[float], k: int, groups: Sequence[str] | None = None
+    ) -> list[RetrievedChunk]:
+        """`retrieve` with the query already embedded (benches, callers with their own cache)."""
+        return search_by_vector(self, vector, k, groups)
 
     # -- reading ---------------------------------------------------------------------------------
 
-    def _by_sha(self, sha: str) -> Document | None:
+    def _current_by_sha(self, sha: str) -> Document | None:
         with self.session() as session:
-            return session.exec(select(Document).where(Document.sha256 == sha)).first()
+            query = select(Document).where(Document.sha256 == sha, Document.status == CURRENT)
+            return session.exec(query).first()
 
     def list_documents(self) -> list[Document]:
+        """Current versions, oldest first (superseded versions: `knowledge.catalog`)."""
         with self.session() as session:
-            return list(session.exec(select(Document).order_by(col(Document.id))))
+            query = select(Document).where(Document.status == CURRENT)
+            return list(session.exec(query.order_by(col(Document.id))))
 
     def get_document(self, doc_id: int) -> Document:
+        """Any version by id (current or superseded); deleted ones are not found."""
         with self.session() as session:
             document = session.get(Document, doc_id)
-        if document is None:
+        if document is None or document.status == DELETED:
             raise NotFoundError(f"no document with id {doc_id}")
         return document
 
@@ -347,60 +348,45 @@ class KnowledgeStore:
             return list(session.exec(query))
 
     def document_text(self, doc_id: int) -> str:
-        """The full parsed text (exact, unlike joined chunks, which overlap)."""
+        """The full parsed text (exact, unlike joined chunks, which overlap). Old versions too."""
         with self.session() as session:
             row = session.get(DocumentText, doc_id)
         if row is None:
-            self.get_document(doc_id)  # NotFoundError for an unknown id
+            self.get_document(doc_id)  # NotFoundError for an unknown or deleted id
             raise NotFoundError(f"document {doc_id} has no stored text")
         return row.text
 
     def training_eligible(self, exclude_ids: Collection[int] = ()) -> list[Document]:
-        """Company-visible documents not in `exclude_ids`, oldest first.
+        """Current versions the nightly cycle may train on, not in `exclude_ids`, oldest first.
 
-        Only company documents: training bakes a document into weights every user reaches.
+        `knowledge.train_on` decides: "company_only" (default) keeps group-restricted documents
+        out, since training bakes a document into weights every user reaches; "all" includes
+        them; "none" trains on nothing.
         """
+        rule = self.settings.knowledge.train_on
+        if rule == "none":
+            return []
         with self.session() as session:
-            query = select(Document).where(Document.visibility == "company")
+            query = select(Document).where(Document.status == CURRENT)
+            if rule == "company_only":
+                query = query.where(Document.visibility == "company")
             if exclude_ids:
                 query = query.where(col(Document.id).not_in(list(exclude_ids)))
             return list(session.exec(query.order_by(col(Document.id))))
 
     # -- deleting and repair ---------------------------------------------------------------------
 
-    def delete_document(self, doc_id: int) -> None:
-        """Remove a document's rows, then its vectors (leftovers are invisible; see module doc)."""
-        with self._write_lock:
-            with self.session() as session:
-                if session.get(Document, doc_id) is None:
-                    raise NotFoundError(f"no document with id {doc_id}")
-                ids = list(session.exec(select(Chunk.id).where(Chunk.document_id == doc_id)))
-                session.exec(delete(Chunk).where(col(Chunk.document_id) == doc_id))
-                session.exec(delete(DocumentText).where(col(DocumentText.document_id) == doc_id))
-                session.exec(delete(Document).where(col(Document.id) == doc_id))
-                session.commit()
-            self._forget_vectors(self.index, ids)
-        log.info("deleted document %s (%d chunks)", doc_id, len(ids))
+    def delete_document(self, doc_id: int, *, deleted_by: str | None = None) -> DeleteResult:
+        """Forget a document: every version's text, chunks and vectors (any version's id works).
+
+        Rows stay as scrubbed tombstones (no name, title, hash or text) so ids are never reused.
+        Adapters already trained on it still carry it: they are listed in the result.
+        """
+        return delete_versions(self, doc_id, deleted_by)
 
     def sync_index(self) -> tuple[int, int]:
-        """Make the index match SQL: drop stray vectors, embed chunks that lack one.
+        """Make the index match SQL; returns (vectors removed, vectors added). See check_index."""
+        from knowledge.consistency import check_index
 
-        For the process that owns the Chroma folder (e.g. at app start, or after the folder was
-        lost). Returns (vectors removed, vectors added).
-        """
-        with self._write_lock:
-            index = self.index
-            with self.session() as session:
-                rows = list(session.exec(select(Chunk, Document).join(Document)))
-            wanted = {chunk.id: (chunk, document) for chunk, document in rows}
-            present = set(index.ids())
-            stray = sorted(present - wanted.keys())
-            missing = [wanted[i] for i in sorted(wanted.keys() - present)]
-            self._forget_vectors(index, stray)
-            if missing:
-                vectors = self.embedder.embed([chunk.text for chunk, _ in missing])
-                metadatas = [_vector_metadata(d, c.position) for c, d in missing]
-                index.add(
-                    [c.id for c, _ in missing], vectors, [c.text for c, _ in missing], metadatas
-                )
-        return len(stray), len(missing)
+        report = check_index(self, repair=True)
+        return len(report.orphans), len(report.missing)

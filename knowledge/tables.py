@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+from sqlalchemy import Index, text
 from sqlmodel import Field, SQLModel
 
 
@@ -15,13 +16,32 @@ def utcnow() -> datetime:
     return datetime.now(UTC)  # sqlmodel stores aware datetimes (UTC)
 
 
+CURRENT = "current"  # the version retrieval and training use
+SUPERSEDED = "superseded"  # replaced by a newer upload under the same name; text kept, no chunks
+DELETED = "deleted"  # a tombstone: content, name and hash scrubbed, id never reused
+_IS_CURRENT = text("status = 'current'")
+
+
 class Document(SQLModel, table=True):
+    """One version of an uploaded file. Versions of a file share its `name`.
+
+    The id names a version: adapters record the ids they were trained on, and chunk ids are made
+    of it. Deleted documents stay as scrubbed tombstones so ids are never reused (SQLite would
+    otherwise hand the highest id out again, and an adapter's lineage would then claim a new file).
+    """
+
+    __table_args__ = (
+        # At most one current version per name, and the same bytes are one current document.
+        Index("ux_document_current_name", "name", unique=True,
+              sqlite_where=_IS_CURRENT, postgresql_where=_IS_CURRENT),
+        Index("ux_document_current_sha256", "sha256", unique=True,
+              sqlite_where=_IS_CURRENT, postgresql_where=_IS_CURRENT),
+    )  # fmt: skip
+
     id: int | None = Field(default=None, primary_key=True)
     name: str = Field(index=True)  # file name as uploaded (sanitised)
     title: str
-    sha256: str = Field(
-        index=True, unique=True
-    )  # of the raw bytes: the same bytes twice = one document
+    sha256: str = Field(index=True)  # of the raw bytes
     size_bytes: int
     media_type: str = "text/plain"
     visibility: str = "company"  # "company" or "groups"
@@ -29,6 +49,11 @@ class Document(SQLModel, table=True):
     uploaded_by: str | None = None
     n_chunks: int = 0
     created_at: datetime = Field(default_factory=utcnow)
+    version: int = 1  # 1 for the first upload of a name, then 2, 3, ...
+    status: str = Field(default=CURRENT, index=True)
+    superseded_at: datetime | None = None
+    deleted_at: datetime | None = None
+    deleted_by: str | None = None
 
 
 class Chunk(SQLModel, table=True):
@@ -37,6 +62,9 @@ class Chunk(SQLModel, table=True):
     position: int
     text: str
     n_tokens: int
+    heading: str | None = None  # heading path at the chunk's start ("Policy > Leave"), citations
+    page_start: int | None = None  # 1-based PDF pages the chunk spans
+    page_end: int | None = None
 
 
 class DocumentText(SQLModel, table=True):

@@ -40,9 +40,18 @@ class VectorIndex(Protocol):
         ...
 
     def query(
-        self, embedding: Sequence[float], k: int, where: Mapping[str, Any] | None = None
+        self,
+        embedding: Sequence[float],
+        k: int,
+        where: Mapping[str, Any] | None = None,
+        *,
+        payload: bool = True,
     ) -> list[VectorHit]:
-        """Up to `k` nearest vectors, best first, restricted by a Chroma-style `where` filter."""
+        """Up to `k` nearest vectors, best first, restricted by a Chroma-style `where` filter.
+
+        `payload=False`: ids and scores only (no stored text or metadata), for callers that
+        read those from SQL anyway.
+        """
         ...
 
     def count(self) -> int: ...

@@ -116,6 +116,8 @@ def test_upgrade_schema_is_idempotent_on_postgres(postgres_url: str) -> None:
 
 @pytest.mark.postgres
 def test_knowledge_store_on_postgres(postgres_url: str, tmp_path: Path, monkeypatch) -> None:
+    from knowledge.catalog import catalog, describe
+    from knowledge.consistency import check_index
     from knowledge.errors import NotFoundError
     from knowledge.settings import Settings
     from knowledge.store import KnowledgeStore
@@ -123,7 +125,7 @@ def test_knowledge_store_on_postgres(postgres_url: str, tmp_path: Path, monkeypa
     store = KnowledgeStore(Settings(home=tmp_path, database_url=postgres_url))
     try:
         text = b"# Parking\n\nStaff park in garage B; visitors use level 1 of garage A.\n"
-        first = store.ingest_bytes("parking.md", text)
+        first = store.ingest_bytes("parking.md", text, uploaded_by="ana")
         assert first.created and not store.ingest_bytes("again.md", text).created
         [hit] = store.retrieve("where do visitors park?", k=1)
         assert hit.document_id == first.document.id and hit.title == "Parking"
@@ -132,12 +134,53 @@ def test_knowledge_store_on_postgres(postgres_url: str, tmp_path: Path, monkeypa
         monkeypatch.setattr(store.index, "add", lambda *a, **k: (_ for _ in ()).throw(OSError))
         with pytest.raises(OSError):
             store.ingest_bytes("other.txt", b"Lunch is served from noon.")
+        with pytest.raises(OSError):  # a failed new version keeps the old one whole
+            store.ingest_bytes("parking.md", b"# Parking\n\nGarage C now.\n")
         monkeypatch.undo()
         assert [d.name for d in store.list_documents()] == ["parking.md"]
+        assert check_index(store).consistent and store.index.count() == first.document.n_chunks
 
-        store.delete_document(first.document.id)
+        # Versions and their partial unique indexes, on PostgreSQL.
+        second = store.ingest_bytes("parking.md", b"# Parking\n\nGarage C now.\n", uploaded_by="bo")
+        assert second.created and second.document.version == 2
+        assert [v.version for v in describe(store, first.document.id).versions] == [2, 1]
+        [hit] = store.retrieve("where do visitors park?", k=1)
+        assert hit.document_id == second.document.id
+        assert [info.name for info in catalog(store)] == ["parking.md"]
+
+        deleted = store.delete_document(second.document.id)
+        assert deleted.document_ids == [first.document.id, second.document.id]
         assert store.list_documents() == [] and store.index.count() == 0
         with pytest.raises(NotFoundError):
             store.get_document(first.document.id)
+        fresh = store.ingest_bytes("parking.md", text).document  # the same bytes may return
+        assert fresh.id > second.document.id and fresh.version == 1
     finally:
         store.engine.dispose()
+
+
+def test_upgrade_from_0002_keeps_documents_as_current_versions(tmp_path: Path) -> None:
+    from alembic import command
+    from alembic.config import Config
+    from sqlalchemy import text
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'old.db'}")
+    try:
+        cfg = Config()
+        cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+        with engine.begin() as connection:
+            cfg.attributes["connection"] = connection
+            command.upgrade(cfg, "0002")
+            connection.execute(
+                text(
+                    "INSERT INTO document (id, name, title, sha256, size_bytes, media_type, "
+                    "visibility, groups, n_chunks, created_at) VALUES (1, 'a.md', 'A', 'abc', 3, "
+                    "'text/markdown', 'company', '', 0, CURRENT_TIMESTAMP)"
+                )
+            )
+        upgrade_schema(engine)
+        with engine.connect() as connection:
+            row = connection.execute(text("SELECT version, status FROM document")).one()
+        assert tuple(row) == (1, "current")
+    finally:
+        engine.dispose()

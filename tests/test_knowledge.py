@@ -18,7 +18,12 @@ from sqlmodel import Session, func, select
 
 from knowledge.chunking import chunk_text, count_words
 from knowledge.embeddings import Embedder, get_embedder
-from knowledge.errors import BadInputError, NotFoundError, UnsupportedDocumentError
+from knowledge.errors import (
+    BadInputError,
+    CorruptDocumentError,
+    NotFoundError,
+    UnsupportedDocumentError,
+)
 from knowledge.parsing import find_title, sanitize_name
 from knowledge.settings import KnowledgeConfig, Settings
 from knowledge.store import KnowledgeStore
@@ -194,8 +199,9 @@ def test_same_bytes_twice_are_one_document(store: KnowledgeStore) -> None:
         ("latin1.txt", "caf\xe9 cr\xe8me".encode("latin-1"), BadInputError),
         ("../..", b"some text", BadInputError),
         ("/etc/", b"some text", BadInputError),
-        ("report.pdf", b"%PDF-1.7 text", UnsupportedDocumentError),
-        ("noextension", b"some text", UnsupportedDocumentError),
+        ("report.pdf", b"%PDF-1.7 text", CorruptDocumentError),
+        ("image.png", b"\x89PNG\r\n\x1a\n" + bytes(64), UnsupportedDocumentError),
+        ("noextension", b"\x89PNG\r\n\x1a\n" + bytes(64), UnsupportedDocumentError),
     ],
 )
 def test_bad_inputs_change_nothing(
@@ -219,7 +225,7 @@ def test_bad_access_settings_are_refused(store: KnowledgeStore) -> None:
     with pytest.raises(BadInputError, match="needs at least one group"):
         store.ingest_bytes("salaries.md", data, visibility="groups")
     with pytest.raises(BadInputError, match="visibility is 'company'"):
-        store.ingest_bytes("salaries.md", data, groups=["hr"])
+        store.ingest_bytes("salaries.md", data, visibility="company", groups=["hr"])
     with pytest.raises(BadInputError, match="visibility must be"):
         store.ingest_bytes("salaries.md", data, visibility="secret")
     with pytest.raises(BadInputError, match="invalid group"):

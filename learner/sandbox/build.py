@@ -11,6 +11,7 @@ asking for the teacher later adds it to the existing build (staged and renamed t
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import os
@@ -68,8 +69,8 @@ SIZE_CONFIGS: dict[str, SizeConfig] = {
         vocab=512,
         student=ModelSpec(hidden=64, layers=2, heads=2, intermediate=128),
         student_train=TrainSpec(steps=250, batch_size=8, seq_len=128, warmup=10, lr=1e-2),
-        teacher=ModelSpec(hidden=48, layers=2, heads=2, intermediate=96),
-        teacher_train=TrainSpec(steps=30, batch_size=8, seq_len=128, warmup=5),
+        teacher=ModelSpec(hidden=96, layers=2, heads=2, intermediate=192),
+        teacher_train=TrainSpec(steps=60, batch_size=8, seq_len=128, warmup=5, lr=1e-2),
         doc_share=0.05,
         n_known_qa=20,
         n_ifeval=12,
@@ -79,9 +80,9 @@ SIZE_CONFIGS: dict[str, SizeConfig] = {
     ),
     "demo": SizeConfig(
         vocab=1536,
-        student=ModelSpec(hidden=192, layers=4, heads=4, intermediate=512),
+        student=ModelSpec(hidden=192, layers=4, heads=6, intermediate=512),
         student_train=TrainSpec(steps=1000, batch_size=16, lr=3e-3),
-        teacher=ModelSpec(hidden=256, layers=5, heads=4, intermediate=768),
+        teacher=ModelSpec(hidden=256, layers=4, heads=4, intermediate=768),
         teacher_train=TrainSpec(steps=900, batch_size=16, lr=2e-3),
         doc_share=0.15,
         n_known_qa=200,
@@ -91,7 +92,7 @@ SIZE_CONFIGS: dict[str, SizeConfig] = {
         n_opd=1000,
     ),
 }
-DATA_VERSION = 1  # bump when the world / chat data recipe changes (invalidates cached builds)
+DATA_VERSION = 3  # bump when the world / chat data recipe changes (invalidates cached builds)
 AVG_CHAT_TOKENS = 70  # measured mean length of a training chat (sizes the generated set)
 
 
@@ -120,6 +121,7 @@ def write_data(world: World, cfg: SizeConfig, stage: Path, root: Path) -> Sandbo
         "opd_prompts_file": Path("data/opd_prompts.jsonl"),
         "known_qa_file": Path("data/known_qa.jsonl"),
         "incontext_qa_file": Path("data/incontext_qa.jsonl"),
+        "known_doc_only_qa_file": Path("data/known_doc_only_qa.jsonl"),
     }
     _write_docs(stage / rel["background_documents_dir"], world.documents(0))
     _write_jsonl(
@@ -130,9 +132,12 @@ def write_data(world: World, cfg: SizeConfig, stage: Path, root: Path) -> Sandbo
         stage / rel["opd_prompts_file"],
         cd.opd_prompts(world, random.Random(f"opd-{seed}"), cfg.n_opd),
     )
-    known = cd.qa_items(world.facts(0), "A")
+    known = cd.qa_items([f for e in cd.qa_trained(world) for f in e.facts()], "A")
     random.Random(f"known-qa-{seed}").shuffle(known)
     _write_jsonl(stage / rel["known_qa_file"], known[: cfg.n_known_qa])
+    doc_only = cd.qa_items([f for e in cd.doc_only(world) for f in e.facts()], "A")
+    random.Random(f"doc-only-qa-{seed}").shuffle(doc_only)
+    _write_jsonl(stage / rel["known_doc_only_qa_file"], doc_only[: cfg.n_known_qa])
     rng = random.Random(f"incontext-eval-{seed}")  # its own stream: never a training example
     incontext = [cd.incontext_item(rng, world, "A") for _ in range(cfg.n_incontext)]
     _write_jsonl(
@@ -169,11 +174,17 @@ def write_data(world: World, cfg: SizeConfig, stage: Path, root: Path) -> Sandbo
     )
 
 
+def _has_passages(chat: list) -> bool:
+    return chat[-2]["content"].startswith("Documents:")
+
+
 def training_rows(world: World, tokenizer, cfg: SizeConfig, spec: TrainSpec) -> torch.Tensor:  # noqa: ANN001
     """Packed pre-training rows: background documents repeated to `doc_share` of the tokens."""
     rng = random.Random(f"train-{world.seed}")
     n_chats = int(spec.tokens * (1 - cfg.doc_share) / AVG_CHAT_TOKENS * 1.05)
-    chats = encode_chats(tokenizer, cd.training_chats(world, rng, n_chats))
+    chats = encode_chats(
+        tokenizer, cd.training_chats(world, rng, n_chats), train_prompt=_has_passages
+    )
     docs = encode_documents(tokenizer, [t for _, t in world.documents(0)], spec.seq_len)
     repeats = max(1, round(spec.tokens * cfg.doc_share / max(1, sum(len(i) for i, _ in docs))))
     return pack(chats + docs * repeats, spec.seq_len, rng, tokenizer.pad_token_id)
@@ -215,7 +226,20 @@ def _base_metrics(
         return stage / path.relative_to(manifest.root)
 
     day1 = manifest.days[0]
-    return evaluate_model(
+    extra = {}
+    if manifest.known_doc_only_qa_file:
+        doc_only = evaluate_model(
+            model,
+            tokenizer,
+            qa_file=staged(manifest.known_doc_only_qa_file),
+            limit=cfg.eval_limit,
+            progress=progress,
+        )
+        extra = {
+            "known_doc_only_qa": doc_only["qa_closed_book"],
+            "n_known_doc_only_qa": doc_only["n_qa"],
+        }
+    return extra | evaluate_model(
         model,
         tokenizer,
         qa_file=staged(day1.qa_file),
@@ -228,7 +252,9 @@ def _base_metrics(
 
 
 def build_version(size: str) -> str:
-    recipe = f"{DATA_VERSION}:{SIZE_CONFIGS[size]!r}".encode()
+    # The teacher's spec is left out: changing it must not invalidate a built student.
+    cfg = dataclasses.replace(SIZE_CONFIGS[size], teacher=None, teacher_train=None)
+    recipe = f"{DATA_VERSION}:{cfg!r}".encode()
     return hashlib.sha256(recipe).hexdigest()[:16]
 
 

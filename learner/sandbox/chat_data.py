@@ -102,7 +102,7 @@ def _compatible(a: str, b: str) -> bool:
 def sample_kwargs(instruction_id: str, rng: random.Random) -> dict[str, Any]:
     """IFEval kwargs for one instruction (same names as Google's IFEval)."""
     if instruction_id == "detectable_format:number_bullet_lists":
-        return {"num_bullets": rng.randint(2, 5)}
+        return {"num_bullets": rng.randint(2, 4)}
     if instruction_id == "startend:end_checker":
         return {"end_phrase": rng.choice(END_PHRASES)}
     if instruction_id == "keywords:existence":
@@ -185,8 +185,15 @@ def _with_instructions(
     raise RuntimeError(f"could not render a verified response for {prompt!r}")
 
 
-def _topic_task(rng: random.Random, topics: list[str]) -> tuple[str, list[str], str]:
+TOPIC_NOUNS = "meeting launch review workshop party survey tool rollout offsite training".split()
+
+
+def _topic_task(
+    rng: random.Random, topics: list[str], novel: float = 0.0
+) -> tuple[str, list[str], str]:
     topic = rng.choice(topics)
+    if rng.random() < novel:  # a made-up topic: the reply must copy it from the prompt
+        topic = f"the {w.random_word(rng)} {rng.choice(TOPIC_NOUNS)}"
     prompt, content = rng.choice(TASKS)
     fill = {"topic": topic, "Topic": topic[0].upper() + topic[1:]}
     return prompt.format(**fill), [c.format(**fill) for c in content], topic.title()
@@ -205,29 +212,23 @@ def _chat(user: str, assistant: str | None, rng: random.Random) -> list[Message]
 # --- in-context QA about freshly randomised entities -------------------------------------------
 
 
-def fresh_entity(rng: random.Random, kind: str, world: w.World) -> w.Entity:
-    """A random entity that is not in the world (so only the passage can answer)."""
-    taken = world.names(kind)
-    while True:
-        name = f"{rng.choice(w.FIRST_NAMES)} {rng.choice(w.LAST_NAMES)}"
-        if kind == "project":
-            name = f"{rng.choice(w.PROJECT_ADJ)} {rng.choice(w.PROJECT_NOUN)}"
-        if name not in taken:
-            break
-    person = f"{rng.choice(w.FIRST_NAMES)} {rng.choice(w.LAST_NAMES)}"
-    if kind == "person":
-        attrs = {"team": rng.choice(w.TEAMS), "city": rng.choice(w.CITIES), "manager": person}
-        attrs |= {
-            "project": f"{rng.choice(w.PROJECT_ADJ)} {rng.choice(w.PROJECT_NOUN)}",
-            "role": rng.choice(w.ROLES),
-        }
-    else:
-        attrs = {
-            "lead": person,
-            "launch": rng.choice(w.MONTHS),
-            "codename": rng.choice(w.CODENAMES),
-        }
-    return w.Entity(kind, name, attrs, day=-1)
+COPY_PROMPTS = [
+    "Repeat after me: {text}",
+    "Please copy this exactly: {text}",
+    "Say this back to me: {text}",
+]
+
+
+def copy_chat(rng: random.Random) -> tuple[str, str]:
+    """(prompt, reply) of a pure copy task: trains the attention that in-context QA and held-out
+    topics / keywords / postscript markers need (the probe's base could not read context)."""
+    pools = [w.CITIES, w.TEAMS, w.FIRST_NAMES, w.LAST_NAMES, w.CODENAMES, KEYWORDS, w.MONTHS]
+    words = [
+        w.random_word(rng) if rng.random() < 0.4 else rng.choice(rng.choice(pools))
+        for _ in range(rng.randint(3, 10))
+    ]
+    text = " ".join(words)
+    return rng.choice(COPY_PROMPTS).format(text=text), text
 
 
 def passage(entity: w.Entity, rng: random.Random, must: str | None = None) -> str:
@@ -244,11 +245,11 @@ def passage(entity: w.Entity, rng: random.Random, must: str | None = None) -> st
 def incontext_item(rng: random.Random, world: w.World, templates: str = "ABC") -> dict[str, Any]:
     """{"question", "answer", "context": [passages]}: 1-3 passages, exactly one relevant."""
     kind = "person" if rng.random() < 0.75 else "project"
-    target = fresh_entity(rng, kind, world)
+    target = w.fresh_entity(rng, kind, world)
     fact = rng.choice(target.facts())
     passages = [passage(target, rng, must=fact.attr)]
     for _ in range(rng.choice([0, 1, 1, 2, 2, 2])):
-        other = fresh_entity(rng, kind if rng.random() < 0.8 else "project", world)
+        other = w.fresh_entity(rng, kind if rng.random() < 0.8 else "project", world)
         if other.kind == "person" and rng.random() < 0.3:  # same first name: must read the surname
             other.name = f"{target.name.split()[0]} {rng.choice(w.LAST_NAMES)}"
         if other.name != target.name:
@@ -273,15 +274,26 @@ def split_topics(seed: int) -> tuple[list[str], list[str]]:
 
 
 # (category, weight by number of examples); in-context QA gets the largest share of tokens.
-MIXTURE = [
-    ("qa", 0.30),
-    ("qa_if", 0.20),
-    ("incontext", 0.24),
-    ("incontext_if", 0.04),
-    ("task_if", 0.12),
-    ("about", 0.07),
-    ("hello", 0.03),
-]
+MIXTURE = [("qa", 0.30), ("qa_if", 0.18), ("incontext", 0.24), ("incontext_if", 0.04)]
+MIXTURE += [("task_if", 0.11), ("about", 0.05), ("copy", 0.07), ("hello", 0.01)]
+
+
+def qa_trained(world: w.World) -> list[w.Entity]:
+    """Known entities with QA chats. Every 4th known person / project appears in documents only:
+    answering about them needs knowledge read from documents, the skill mid-training relies on."""
+    known = world.of_day(0)
+    return [e for i, e in enumerate(known) if e.kind not in ("person", "project") or i % 4 != 3]
+
+
+def doc_only(world: w.World) -> list[w.Entity]:
+    trained = {id(e) for e in qa_trained(world)}
+    return [e for e in world.of_day(0) if id(e) not in trained]
+
+
+def about_name(entity: w.Entity) -> str:
+    if entity.kind in ("person", "policy"):
+        return entity.name if entity.kind == "person" else f"the {entity.name}"
+    return f"the {entity.name} {entity.kind}"
 
 
 def training_chat(
@@ -307,19 +319,20 @@ def training_chat(
             return _chat(user, item["response"], rng)
         return _chat(*_with_instructions(rng, user, [item["response"]], "Answer"), rng)
     if category == "task_if":
-        prompt, content, title = _topic_task(rng, topics)
+        prompt, content, title = _topic_task(rng, topics, novel=0.5)
         if rng.random() < 0.15:
             return _chat(prompt, " ".join(content), rng)
         return _chat(*_with_instructions(rng, prompt, content, title), rng)
     if category == "about":
         entity = rng.choice(entities)
-        prompt = rng.choice(ABOUT).format(
-            name=entity.name if entity.kind == "person" else f"the {entity.name} {entity.kind}"
-        )
-        content = [f.statement(0) for f in entity.facts()]
+        prompt = rng.choice(ABOUT).format(name=about_name(entity))
+        # At most 3 facts: with instructions the reply must fit the eval's 64 new tokens.
+        content = [f.statement(0) for f in entity.facts()[:3]]
         if rng.random() < 0.4:
             return _chat(prompt, " ".join(content), rng)
         return _chat(*_with_instructions(rng, prompt, content, entity.name), rng)
+    if category == "copy":
+        return _chat(*copy_chat(rng), rng)
     greeting = rng.choice(["Hello", "Hi", "Good morning", "Hey there", "Who are you?"])
     return _chat(
         greeting,
@@ -330,7 +343,8 @@ def training_chat(
 
 def training_chats(world: w.World, rng: random.Random, n: int) -> list[list[Message]]:
     """`n` training conversations about the known world (day 0) following MIXTURE."""
-    facts, entities = world.facts(day=0), world.of_day(0)
+    entities = qa_trained(world)
+    facts = [f for e in entities for f in e.facts()]
     topics, _ = split_topics(world.seed)
     names, weights = zip(*MIXTURE, strict=True)
     categories = rng.choices(names, weights=weights, k=n)
@@ -358,9 +372,7 @@ def ifeval_items(world: w.World, day: int, rng: random.Random, n: int) -> list[d
             prompt = rng.choice(facts).question("A")
         else:
             e = rng.choice(entities)
-            prompt = rng.choice(ABOUT).format(
-                name=e.name if e.kind == "person" else f"the {e.name} {e.kind}"
-            )
+            prompt = rng.choice(ABOUT).format(name=about_name(e))
         instrs = sample_instructions(rng)
         text = " ".join(instruction_text(i, kw, rng) for i, kw in instrs)
         items.append(
@@ -381,7 +393,8 @@ def prompt_messages(chats: list[list[Message]]) -> list[dict[str, list[Message]]
 
 def chat_prompts(world: w.World, rng: random.Random, n: int) -> list[dict[str, list[Message]]]:
     """General chat prompts (training distribution, B/C questions only) for background replay."""
-    facts, entities, topics = world.facts(0), world.of_day(0), split_topics(world.seed)[0]
+    entities, topics = qa_trained(world), split_topics(world.seed)[0]
+    facts = [f for e in entities for f in e.facts()]
     names, weights = zip(*MIXTURE, strict=True)
     categories = rng.choices(names, weights=weights, k=n)
     chats = [training_chat(rng, world, c, facts, topics, entities, "BC") for c in categories]
@@ -391,7 +404,7 @@ def chat_prompts(world: w.World, rng: random.Random, n: int) -> list[dict[str, l
 def opd_prompts(world: w.World, rng: random.Random, n: int) -> list[dict[str, list[Message]]]:
     """Instruction prompts (training topics) and B/C questions about known entities, some with
     constraints; disjoint from every eval prompt."""
-    facts, topics = world.facts(0), split_topics(world.seed)[0]
+    facts, topics = [f for e in qa_trained(world) for f in e.facts()], split_topics(world.seed)[0]
     chats = []
     for i in range(n):
         if i % 3 == 0:

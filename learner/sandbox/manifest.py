@@ -37,6 +37,9 @@ class SandboxManifest(BaseModel):
     opd_prompts_file: Path  # JSONL {"messages": [...]}: instruction prompts for OPD (not eval)
     known_qa_file: Path  # closed-book QA about entities known before day 1 (forgetting check)
     incontext_qa_file: Path  # JSONL {"question", "answer", "context"}: reading-in-context check
+    # closed-book QA about known entities that appear in background documents only (no QA chats
+    # in pre-training): measures whether document knowledge turns into answers
+    known_doc_only_qa_file: Path | None = None
     days: list[DayData]
     build_seconds: dict[str, float] = {}
     base_metrics: dict[str, float] = {}

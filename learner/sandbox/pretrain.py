@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -78,21 +79,29 @@ def make_model(spec: ModelSpec, tokenizer: PreTrainedTokenizerBase, seed: int) -
     return model
 
 
-def encode_chats(tokenizer: PreTrainedTokenizerBase, chats: list[list[Message]]) -> list[Example]:
-    """Chats whose last message is the assistant reply: prompt masked, reply + `<|im_end|>` trained."""
+def encode_chats(
+    tokenizer: PreTrainedTokenizerBase,
+    chats: list[list[Message]],
+    train_prompt: Callable[[list[Message]], bool] | None = None,
+) -> list[Example]:
+    """Chats whose last message is the assistant reply: reply + `<|im_end|>` trained, the prompt
+    masked unless `train_prompt(chat)` (passages repeat names: next-token loss on them trains the
+    copying attention that reading context needs)."""
     core = core_tokenizer(tokenizer)
     prompts = [render_chat(c[:-1], add_generation_prompt=True) for c in chats]
     replies = [c[-1]["content"] + IM_END for c in chats]
     newline = core.encode("\n", add_special_tokens=False).ids
     out = []
-    for p, r in zip(
+    for chat, p, r in zip(
+        chats,
         core.encode_batch(prompts, add_special_tokens=False),
         core.encode_batch(replies, add_special_tokens=False),
         strict=True,
     ):
         # Prompt and reply encoded apart, as at generation time (the prompt ends the turn header).
         ids = p.ids + r.ids + newline
-        out.append((ids, [IGNORE] * len(p.ids) + r.ids + [IGNORE] * len(newline)))
+        prompt_labels = p.ids if train_prompt and train_prompt(chat) else [IGNORE] * len(p.ids)
+        out.append((ids, prompt_labels + r.ids + [IGNORE] * len(newline)))
     return out
 
 

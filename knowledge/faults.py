@@ -1,0 +1,25 @@
+"""A test hook: make this process stop at a named point so a test can SIGKILL it there.
+
+    PROTEGE_TEST_PAUSE_AT=after_vectors PROTEGE_TEST_PAUSE_MARKER=/tmp/m python child.py
+
+At `pause_point("after_vectors")` the process writes the point's name to the marker file and
+sleeps for an hour; the test waits for the marker, kills the process and checks the aftermath
+(tests/test_knowledge_crash.py). Unset (always, outside tests), a pause point costs one dict lookup.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+PAUSE_ENV = "PROTEGE_TEST_PAUSE_AT"
+MARKER_ENV = "PROTEGE_TEST_PAUSE_MARKER"
+
+
+def pause_point(name: str) -> None:
+    if os.environ.get(PAUSE_ENV) != name:
+        return
+    if marker := os.environ.get(MARKER_ENV):
+        Path(marker).write_text(name)
+    time.sleep(3600)
