@@ -5,7 +5,8 @@
     protege ingest docs/                     # add documents (folders recurse)
     protege documents list|show ID|delete ID --yes
     protege knowledge check [--repair]       # SQL vs vector index drift
-    protege train --now                      # one nightly cycle now
+    protege train --now [--dry-run]          # one nightly cycle now (or only what it would do)
+    protege runs list|show ID                # training cycles: stage timings, metrics, message
     protege eval --qa Q.jsonl --ifeval I.jsonl --adapter current --json
     protege adapters list|promote V|rollback
     protege schedule                         # run cycles on the configured cron
@@ -67,6 +68,10 @@ def _train(settings: Settings, args: argparse.Namespace) -> int:
             "nothing to do: `protege train --now` runs a cycle now; `protege schedule` runs them nightly"
         )
         return 2
+    if args.dry_run:
+        from assistant.cli_runs import dry_run
+
+        return dry_run(settings, args.json)
     result = run_cycle(settings, trigger="manual", notify=not args.no_notify)
     print(
         json.dumps(
@@ -180,6 +185,10 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="run a training cycle")
     train.add_argument("--now", action="store_true", help="run one cycle now")
     train.add_argument("--no-notify", action="store_true", help="do not notify the running server")
+    train.add_argument(
+        "--dry-run", action="store_true", help="show what would be trained on; do not train"
+    )
+    train.add_argument("--json", action="store_true", help="--dry-run: print the plan as JSON")
     train.set_defaults(func=_train)
 
     ev = sub.add_parser("eval", help="evaluate the student with an adapter")
@@ -189,6 +198,10 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--limit", type=int)
     ev.add_argument("--json", action="store_true")
     ev.set_defaults(func=_eval)
+
+    from assistant.cli_runs import add_commands as add_runs_commands
+
+    add_runs_commands(sub)  # runs list|show
 
     adapters = sub.add_parser("adapters", help="the adapter registry")
     adapters_sub = adapters.add_subparsers(dest="action", required=True)

@@ -5,6 +5,9 @@
 At `pause_point("after_vectors")` the process writes the point's name to the marker file and
 sleeps for an hour; the test waits for the marker, kills the process and checks the aftermath
 (tests/test_knowledge_crash.py). Unset (always, outside tests), a pause point costs one dict lookup.
+
+With `PROTEGE_TEST_RESUME_FILE=/tmp/go` as well, the process waits only until that file exists and
+then goes on (tests/test_lease.py holds a cycle's lease that way while another process races it).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from pathlib import Path
 
 PAUSE_ENV = "PROTEGE_TEST_PAUSE_AT"
 MARKER_ENV = "PROTEGE_TEST_PAUSE_MARKER"
+RESUME_ENV = "PROTEGE_TEST_RESUME_FILE"
 
 
 def pause_point(name: str) -> None:
@@ -22,4 +26,9 @@ def pause_point(name: str) -> None:
         return
     if marker := os.environ.get(MARKER_ENV):
         Path(marker).write_text(name)
+    if resume := os.environ.get(RESUME_ENV):
+        deadline = time.monotonic() + 3600
+        while not Path(resume).exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return
     time.sleep(3600)

@@ -161,6 +161,9 @@ class ScheduleConfig(_Section):
     cron: str = "0 2 * * *"
     timezone: str = "UTC"
     misfire_grace_seconds: int = 3600
+    # One cycle at a time across processes/hosts (learner/lease.py): a holder that dies frees the
+    # lease this long after its last heartbeat (heartbeats every quarter of it).
+    lease_seconds: float = Field(300, gt=0)
 
 
 class Settings(_Section):

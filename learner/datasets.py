@@ -97,3 +97,35 @@ def eval_sets(settings: Settings, document_names: list[str], workdir: Path) -> E
     sets.ifeval_file = sets.ifeval_file or manifest.days[0].ifeval_file
     sets.known_qa_file = sets.known_qa_file or manifest.known_qa_file
     return sets
+
+
+def conversation_prompts(settings: Settings) -> list[list[Message]]:
+    """Logged chats (Exchange rows) as prompts, every message redacted (learner/redaction.py).
+
+    NOT used by the nightly cycle yet: it trains on documents and the configured prompt files
+    only. Users cannot opt out of conversation training yet (there is no opt-out record), so
+    wiring this in must wait for that; the redaction already applies to anything read here.
+    Only user and assistant turns are kept: a request's system messages can carry retrieved
+    chunks of group-restricted documents, which must not reach weights every user shares.
+    A prompt ends with a user turn (what OPD samples an answer to).
+    """
+    from sqlmodel import Session, col, select
+
+    from knowledge.db import open_database
+    from knowledge.tables import Exchange
+    from learner.redaction import redact
+
+    with Session(open_database(settings.db_url)) as session:
+        rows = session.exec(select(Exchange).order_by(col(Exchange.id))).all()
+    prompts: list[list[Message]] = []
+    for row in rows:
+        kept = [
+            {"role": m["role"], "content": redact(m["content"])}
+            for m in json.loads(row.messages_json)
+            if m.get("role") in {"user", "assistant"} and isinstance(m.get("content"), str)
+        ]
+        while kept and kept[-1]["role"] != "user":
+            kept.pop()
+        if kept:
+            prompts.append(kept)
+    return prompts

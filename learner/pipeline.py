@@ -3,6 +3,11 @@
 The CLI (`protege train --now`), the scheduler and the demo all call `run_cycle(settings)`.
 Every stage is recorded on the run's row; metrics go to `<home>/runs/<id>/metrics.jsonl` and the
 resolved config to `<home>/runs/<id>/config.json`.
+
+One cycle at a time: `run_cycle` first takes the database lease (learner/lease.py; CycleBusyError
+when another process holds it), then cleans up after any cycle that died (learner/recovery.py).
+`PROTEGE_TEST_PAUSE_AT=stage:<name>` (knowledge/faults.py) stops a cycle at a stage's start so
+the crash tests can `kill -9` it there (tests/test_crash_cycle.py).
 """
 
 from __future__ import annotations
@@ -21,12 +26,14 @@ from sqlmodel import Session
 
 from knowledge.db import open_database
 from knowledge.errors import NothingToTrainError
+from knowledge.faults import pause_point
 from knowledge.settings import Settings, dump_settings
 from knowledge.store import KnowledgeStore
 from knowledge.tables import utcnow
 from learner import distill, midtrain
 from learner.datasets import chat_prompts, eval_sets, opd_prompts
 from learner.evals.evaluate import evaluate_model
+from learner.lease import CycleLease
 from learner.modeling import (
     configure_threads,
     load_causal_lm,
@@ -34,6 +41,8 @@ from learner.modeling import (
     resolve_model_ref,
     torch_device,
 )
+from learner.plan import count_tokens, work_tokens
+from learner.recovery import recover_after_crash
 from learner.registry import BASE, Registry
 from learner.tables import Run
 from learner.teachers.base import BaseModelTeacher
@@ -58,8 +67,9 @@ class CycleResult:
 class _RunLog:
     """The run's row plus its metrics JSONL."""
 
-    def __init__(self, settings: Settings, trigger: str) -> None:
+    def __init__(self, settings: Settings, trigger: str, lease: CycleLease) -> None:
         self.engine = open_database(settings.db_url)
+        self.lease = lease
         with Session(self.engine) as session:
             row = Run(trigger=trigger)
             session.add(row)
@@ -71,6 +81,7 @@ class _RunLog:
         (self.dir / "config.json").write_text(json.dumps(dump_settings(settings), indent=2))
         self._metrics = (self.dir / "metrics.jsonl").open("a")
         self.seconds: dict[str, float] = {}
+        self.summary: dict = {}  # metrics_json while the run goes (timings so far, data)
 
     def metric(self, record: dict) -> None:
         self._metrics.write(json.dumps({"time": time.time(), **record}) + "\n")
@@ -87,11 +98,15 @@ class _RunLog:
     @contextmanager
     def stage(self, name: str) -> Iterator[None]:
         """Record the stage on the run's row and its duration in `self.seconds`."""
+        self.lease.check()  # never start a stage after losing the lease to another cycle
         self.update(stage=name)
         log.info("run %s: stage %s", self.id, name)
+        pause_point(f"stage:{name}")
         start = time.perf_counter()
         yield
         self.seconds[name] = round(time.perf_counter() - start, 2)
+        # timings on the row as they happen, so `protege runs show` has them for failed runs too
+        self.update(metrics_json=json.dumps({**self.summary, "seconds": self.seconds}))
 
     def close(self) -> None:
         self._metrics.close()
@@ -144,10 +159,23 @@ def _evaluate(settings: Settings, model, tokenizer, sets, progress: bool) -> dic
 def run_cycle(
     settings: Settings, trigger: str = "manual", progress: bool = True, notify: bool = True
 ) -> CycleResult:
-    """Run one training cycle now. Never raises for "nothing new": returns status "skipped"."""
+    """Run one training cycle now. Never raises for "nothing new": returns status "skipped".
+
+    Raises CycleBusyError (no run row is written) when another cycle holds the lease.
+    """
     configure_threads(settings)
     registry = Registry(settings)
-    run = _RunLog(settings, trigger)
+    with CycleLease(registry.engine, settings.schedule.lease_seconds) as lease:
+        recovered = recover_after_crash(registry)
+        run = _RunLog(settings, trigger, lease)
+        if recovered:
+            run.metric({"stage": "recovery", "done": recovered})
+        return _cycle(settings, registry, run, progress, notify)
+
+
+def _cycle(
+    settings: Settings, registry: Registry, run: _RunLog, progress: bool, notify: bool
+) -> CycleResult:
     try:
         with run.stage("select"):
             served = registry.served_version()
@@ -166,6 +194,8 @@ def run_cycle(
             device = torch_device(settings)
             tokenizer = load_tokenizer(student_path)
             model = _trainable_student(settings, registry, served, student_path, device)
+            tokens = sum(count_tokens(tokenizer, documents))
+            run.summary = {"document_tokens": tokens, "work_tokens": work_tokens(settings, tokens)}
             run.metric(
                 {"stage": "select", "new_documents": [d.id for d in new_docs], "served": served}
             )
@@ -241,7 +271,7 @@ def run_cycle(
             stage="done",
             message=message,
             adapter_version=version,
-            metrics_json=json.dumps({**metrics, "seconds": run.seconds}),
+            metrics_json=json.dumps({**metrics, **run.summary, "seconds": run.seconds}),
             finished_at=utcnow(),
         )
         return CycleResult(

@@ -18,6 +18,7 @@ from sqlmodel import Session, select
 
 from knowledge.db import open_database
 from knowledge.errors import AdapterIntegrityError, NotFoundError
+from knowledge.faults import pause_point
 from knowledge.settings import Settings
 from knowledge.tables import utcnow
 from learner.tables import Adapter, Deployment
@@ -102,7 +103,9 @@ class Registry:
         }
         (tmp / META).write_text(json.dumps(meta, indent=2))
         _fsync_tree(tmp)
+        pause_point("register:written")  # crash tests: a complete .tmp folder, not renamed
         tmp.rename(final)
+        pause_point("register:renamed")  # crash tests: a folder in place without its row
         row = Adapter(
             version=version,
             parent_version=parent_version,

@@ -4,7 +4,9 @@
 
 `coalesce` folds missed ticks into one run, `max_instances=1` keeps one cycle per scheduler, and
 `misfire_grace_time` lets a scheduler that was down at the tick still run it when it comes back.
-The job calls the same `run_cycle` as `protege train --now`.
+The job calls the same `run_cycle` as `protege train --now`. Several schedulers (processes or
+hosts) may share the job store: each runs the job at the tick, and the database lease in
+`run_cycle` lets exactly one of them train; the others log that they were skipped.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from apscheduler.schedulers.base import BaseScheduler
 from apscheduler.schedulers.blocking import BlockingScheduler
 from apscheduler.triggers.cron import CronTrigger
 
-from knowledge.errors import ConfigError
+from knowledge.errors import ConfigError, CycleBusyError
 from knowledge.settings import Settings, load_settings
 
 log = logging.getLogger("protege.scheduler")
@@ -28,7 +30,11 @@ def scheduled_cycle(profile: str) -> None:
     """The job: importable by reference, so the persistent job store can hold it."""
     from learner.pipeline import run_cycle
 
-    result = run_cycle(load_settings(profile), trigger="schedule", progress=False)
+    try:
+        result = run_cycle(load_settings(profile), trigger="schedule", progress=False)
+    except CycleBusyError as exc:  # another scheduler (or `train --now`) got there first
+        log.warning("scheduled cycle skipped: %s", exc)
+        return
     log.info("scheduled cycle: run %s %s: %s", result.run_id, result.status, result.message)
 
 

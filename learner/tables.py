@@ -47,3 +47,16 @@ class Run(SQLModel, table=True):
     metrics_json: str = "{}"
     started_at: datetime = Field(default_factory=utcnow)
     finished_at: datetime | None = None
+
+
+class Lease(SQLModel, table=True):
+    """A named lease: at most one holder at a time across processes and hosts (learner/lease.py).
+
+    A holder keeps it alive by moving `expires_at` forward (heartbeat); a holder that dies stops
+    doing so, and once `expires_at` has passed anyone may take the lease over.
+    """
+
+    name: str = Field(primary_key=True)  # "nightly-cycle"
+    holder: str  # "<host>:<pid>:<random>"
+    heartbeat_at: datetime = Field(default_factory=utcnow)
+    expires_at: datetime

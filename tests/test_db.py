@@ -9,9 +9,6 @@ skipped, saying why, when the server cannot be reached.
 
 from __future__ import annotations
 
-import os
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,16 +16,12 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, inspect
-from sqlalchemy.engine import make_url
 from sqlmodel import SQLModel
 
 import knowledge.tables  # noqa: F401  (puts the knowledge tables on SQLModel.metadata)
 from knowledge.db import MIGRATIONS_DIR, make_engine, open_database, upgrade_schema
 
 KNOWLEDGE_TABLES = {"document", "chunk", "documenttext", "exchange", "feedback"}
-POSTGRES_URL = os.environ.get(
-    "PROTEGE_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
-)
 
 
 def head_revision() -> str:
@@ -82,27 +75,7 @@ def test_open_database_caches_one_engine_per_url(tmp_path: Path) -> None:
     assert current_revision(open_database(url)) == head_revision()
 
 
-# -- PostgreSQL ----------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def postgres_url() -> Iterator[str]:
-    """A fresh database on the PostgreSQL server, dropped afterwards."""
-    psycopg = pytest.importorskip("psycopg")
-    admin_url = make_url(POSTGRES_URL)
-    conninfo = admin_url.set(drivername="postgresql").render_as_string(hide_password=False)
-    try:
-        admin = psycopg.connect(conninfo, autocommit=True, connect_timeout=3)
-    except psycopg.OperationalError as exc:
-        pytest.skip(f"PostgreSQL not reachable at {admin_url.render_as_string()}: {exc}")
-    name = f"protege_test_{uuid.uuid4().hex[:12]}"
-    try:
-        admin.execute(f'CREATE DATABASE "{name}"')
-        yield admin_url.set(database=name).render_as_string(hide_password=False)
-    finally:
-        # FORCE ends connections still open (pooled engines, open_database's cache).
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.close()
+# -- PostgreSQL (the `postgres_url` fixture is in conftest.py) ---------------------------------------
 
 
 @pytest.mark.postgres
@@ -182,5 +155,24 @@ def test_upgrade_from_0002_keeps_documents_as_current_versions(tmp_path: Path) -
         with engine.connect() as connection:
             row = connection.execute(text("SELECT version, status FROM document")).one()
         assert tuple(row) == (1, "current")
+    finally:
+        engine.dispose()
+
+
+def test_concurrent_first_upgrades_take_turns(db_url: str) -> None:
+    """Processes starting together on a fresh database all end up at head, none fails."""
+    import subprocess
+    import sys
+
+    code = f"from knowledge.db import open_database; open_database({db_url!r})"
+    children = [
+        subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE, text=True)
+        for _ in range(3)
+    ]
+    errors = [c.communicate(timeout=300)[1] for c in children]
+    assert [c.returncode for c in children] == [0, 0, 0], errors
+    engine = make_engine(db_url)
+    try:
+        assert current_revision(engine) == head_revision()
     finally:
         engine.dispose()
