@@ -14,8 +14,11 @@ in the `X-Protege-Adapter-Version` header. Streaming is real token streaming (th
 over text deltas as it decodes); `sources` and `adapter_version` ride on the first chunk,
 `exchange_id` on the last. Temperature defaults to 0 (greedy), unlike OpenAI's 1: a company
 assistant should answer the same question the same way. max_tokens defaults to and is capped at
-`serving.max_new_tokens` (one worker serves everyone). No auth yet: `user` is logged as None and
-/admin is open, so bind to localhost.
+`serving.max_new_tokens` (one worker serves everyone).
+
+Auth (assistant/auth.py): /v1/* needs `Authorization: Bearer <key>`, /admin/* an admin key; the
+key's user is logged with each exchange and its groups decide what retrieval may use. Feedback and
+opt-out: assistant/routes_feedback.py; /readyz and /metrics: assistant/routes_ops.py.
 """
 
 from __future__ import annotations
@@ -30,16 +33,24 @@ from concurrent.futures import Future
 from contextlib import asynccontextmanager
 from typing import Any, Literal
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from sqlmodel import Session
 from starlette.concurrency import run_in_threadpool
 
+from assistant.auth import Principal, check_open_mode, current_principal, gate
 from assistant.embedded_engine import EmbeddedEngine
 from assistant.engine import Engine, GenerationParams, GenerationResult, Message
 from assistant.hotswap import AdapterSwitcher
+from assistant.metrics import Metrics, MetricsMiddleware
+from assistant.routes_completions import router as completions_router
 from assistant.routes_documents import router as documents_router
+from assistant.routes_feedback import router as feedback_router
+from assistant.routes_learning import router as learning_router
+from assistant.routes_ops import router as ops_router
+from assistant.routes_ui import install_ui
+from assistant.vllm_engine import VllmEngine
 from knowledge.db import open_database
 from knowledge.errors import BadInputError, NotFoundError, ProtegeError
 from knowledge.prompting import grounded_user_message
@@ -47,6 +58,7 @@ from knowledge.settings import Settings
 from knowledge.store import KnowledgeStore, RetrievedChunk
 from knowledge.tables import Exchange
 from learner.registry import Registry
+from learner.scheduler import start_in_server
 
 log = logging.getLogger(__name__)
 
@@ -97,14 +109,17 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> FastAPI:
 
     An engine passed in stays the caller's (not closed at shutdown).
     """
+    check_open_mode(settings)  # before loading anything: open mode off loopback is refused
     owns_engine = engine is None
-    engine = engine if engine is not None else EmbeddedEngine.from_settings(settings)
+    engine = engine if engine is not None else _engine_from_settings(settings)
     db = open_database(settings.db_url)
     switcher = AdapterSwitcher(Registry(settings), engine)
     store = KnowledgeStore(settings, count_tokens=engine.count_tokens)
+    metrics = Metrics(switcher)
+    switcher.on_swap = metrics.observe_swap
 
     @asynccontextmanager
-    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await run_in_threadpool(switcher.sync)  # serve whatever the registry says is served
         if settings.serving.retrieval:  # this process owns the Chroma folder: repair it first
             removed, added = await run_in_threadpool(store.sync_index)
@@ -114,18 +129,26 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> FastAPI:
                 )
         switcher.start(settings.serving.registry_poll_seconds)
         log.info("protege serving adapter %s", switcher.served)
+        app.state.scheduler = start_in_server(settings)  # None unless schedule.in_server
+        app.state.started = True  # /readyz
         try:
             yield
         finally:
+            if app.state.scheduler is not None:  # wait=False: a running cycle ends in its thread
+                app.state.scheduler.shutdown(wait=False)
             switcher.stop()
             if owns_engine:
                 await run_in_threadpool(engine.close)
 
-    app = FastAPI(title="protege", version="0.1.0", lifespan=lifespan)
+    # `gate` guards /v1/* (any key) and /admin/* (admin key), whichever router adds the route
+    app = FastAPI(title="protege", version="0.1.0", lifespan=lifespan, dependencies=[Depends(gate)])
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
     app.state.settings = settings
     app.state.engine = engine
     app.state.switcher = switcher
     app.state.store = store
+    app.state.db = db
+    app.state.metrics = metrics
 
     @app.exception_handler(ProtegeError)
     async def protege_error(_: Request, exc: ProtegeError) -> JSONResponse:
@@ -133,11 +156,14 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> FastAPI:
         return JSONResponse(
             status_code=exc.http_status,
             content={"error": {"message": str(exc), "type": type(exc).__name__}},
+            headers={"WWW-Authenticate": "Bearer"} if exc.http_status == 401 else None,
         )
 
     # ---- chat ----------------------------------------------------------------------------------
-    def ground(messages: list[Message]) -> tuple[list[Message], list[RetrievedChunk]]:
-        """Put retrieved passages into the last user turn (blocking: run in a thread)."""
+    def ground(
+        messages: list[Message], groups: tuple[str, ...]
+    ) -> tuple[list[Message], list[RetrievedChunk]]:
+        """Put passages the caller's `groups` may see into the last user turn (blocking)."""
         if not settings.serving.retrieval:
             return messages, []
         users = [i for i, m in enumerate(messages) if m["role"] == "user"]
@@ -145,7 +171,7 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> FastAPI:
             return messages, []
         last = users[-1]
         question = messages[last]["content"]
-        chunks = store.retrieve(question, settings.knowledge.top_k)
+        chunks = store.retrieve(question, settings.knowledge.top_k, groups=groups)
         if not chunks:
             return messages, []
         grounded = list(messages)
@@ -160,9 +186,11 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> FastAPI:
         result: GenerationResult,
         chunks: list[RetrievedChunk],
         started: float,
+        user: str,
     ) -> int | None:
+        metrics.observe_generation(result)
         row = Exchange(
-            user=None,
+            user=user,
             messages_json=json.dumps(messages, ensure_ascii=False),
             answer=result.text,
             adapter_version=result.adapter_version,
@@ -195,7 +223,9 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> FastAPI:
         return version, future
 
     @app.post("/v1/chat/completions", response_model=None)
-    async def chat_completions(body: ChatRequest) -> JSONResponse | StreamingResponse:
+    async def chat_completions(
+        body: ChatRequest, principal: Principal = Depends(current_principal)
+    ) -> JSONResponse | StreamingResponse:
         started = time.perf_counter()
         if body.model != MODEL_ID:
             raise NotFoundError(f"unknown model {body.model!r}; this server serves {MODEL_ID!r}")
@@ -210,7 +240,7 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> FastAPI:
             stop=tuple(s for s in stops if s),
         )
         messages = [m.as_message() for m in body.messages]
-        model_messages, chunks = await run_in_threadpool(ground, messages)
+        model_messages, chunks = await run_in_threadpool(ground, messages, principal.groups)
         sources = [
             {"document_id": c.document_id, "title": c.title, "chunk_id": c.chunk_id} for c in chunks
         ]
@@ -219,7 +249,9 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> FastAPI:
         if not body.stream:
             _, future = submit_pinned(model_messages, params)
             result = await asyncio.wrap_future(future)
-            exchange_id = await run_in_threadpool(log_exchange, messages, result, chunks, started)
+            exchange_id = await run_in_threadpool(
+                log_exchange, messages, result, chunks, started, principal.user
+            )
             content = {
                 "id": reply_id,
                 "object": "chat.completion",
@@ -280,7 +312,9 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> FastAPI:
             except ProtegeError as exc:  # headers are sent: the error goes in the stream
                 yield f"data: {json.dumps({'error': {'message': str(exc), 'type': type(exc).__name__}})}\n\n"
                 return
-            exchange_id = await run_in_threadpool(log_exchange, messages, result, chunks, started)
+            exchange_id = await run_in_threadpool(
+                log_exchange, messages, result, chunks, started, principal.user
+            )
             yield chunk({}, result.finish_reason, adapter_version=version, exchange_id=exchange_id)
             if include_usage:
                 usage = {"id": reply_id, "object": "chat.completion.chunk", "created": created,
@@ -312,6 +346,11 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> FastAPI:
         }
 
     app.include_router(documents_router)  # /v1/documents[/{id}], /v1/search
+    app.include_router(completions_router)  # /v1/completions, /tokenize (protege as a teacher)
+    app.include_router(feedback_router)  # /v1/feedback, /v1/me, /v1/me/training-opt-out
+    app.include_router(ops_router)  # /readyz, /metrics
+    app.include_router(learning_router)  # /admin/runs, /admin/adapters[/promote|/rollback]
+    install_ui(app)  # web pages /, /ui/documents, /ui/learning and /ui/static/
 
     @app.post("/admin/adapters/reload")
     async def reload_adapters() -> dict[str, object]:
@@ -327,6 +366,13 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> FastAPI:
         }
 
     return app
+
+
+def _engine_from_settings(settings: Settings) -> Engine:
+    """`serving.engine`: the embedded model, or a client of the vLLM server at serving.vllm_url."""
+    if settings.serving.engine == "vllm":
+        return VllmEngine.from_settings(settings)
+    return EmbeddedEngine.from_settings(settings)
 
 
 def _usage(result: GenerationResult) -> dict[str, int]:

@@ -4,11 +4,14 @@
     protege serve                            # API + engine on serving.host:port
     protege ingest docs/                     # add documents (folders recurse)
     protege documents list|show ID|delete ID --yes
+    protege forget ID --yes                  # delete a document, taint adapters trained on it
     protege knowledge check [--repair]       # SQL vs vector index drift
     protege train --now [--dry-run]          # one nightly cycle now (or only what it would do)
     protege runs list|show ID                # training cycles: stage timings, metrics, message
     protege eval --qa Q.jsonl --ifeval I.jsonl --adapter current --json
     protege adapters list|promote V|rollback
+    protege keys create NAME --role user|admin [--groups a,b] | list | revoke ID|PREFIX
+    protege conversations export [--out FILE] [--since DATE]
     protege schedule                         # run cycles on the configured cron
     protege demo                             # the whole loop on the sandbox
 
@@ -23,7 +26,7 @@ import logging
 import sys
 from pathlib import Path
 
-from knowledge.errors import ProtegeError
+from knowledge.errors import CycleBusyError, ProtegeError
 from knowledge.settings import Settings, load_settings
 
 
@@ -72,7 +75,16 @@ def _train(settings: Settings, args: argparse.Namespace) -> int:
         from assistant.cli_runs import dry_run
 
         return dry_run(settings, args.json)
-    result = run_cycle(settings, trigger="manual", notify=not args.no_notify)
+    try:
+        result = run_cycle(settings, trigger="manual", notify=not args.no_notify)
+    except CycleBusyError:
+        raise  # no run was written; main() says another cycle is running
+    except Exception as exc:  # the run's row (`protege runs show`) holds the same message
+        from learner.failures import describe_failure
+
+        message = describe_failure(exc, settings)
+        print(f"protege: error: training failed: {message}", file=sys.stderr)
+        return 1
     print(
         json.dumps(
             {
@@ -180,7 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     from assistant.cli_documents import add_commands
 
-    add_commands(sub)  # ingest, documents list|show|delete, knowledge check [--repair]
+    add_commands(sub)  # ingest, documents list|show|delete, forget, knowledge check [--repair]
 
     train = sub.add_parser("train", help="run a training cycle")
     train.add_argument("--now", action="store_true", help="run one cycle now")
@@ -202,6 +214,10 @@ def build_parser() -> argparse.ArgumentParser:
     from assistant.cli_runs import add_commands as add_runs_commands
 
     add_runs_commands(sub)  # runs list|show
+
+    from assistant.cli_keys import add_commands as add_keys_commands
+
+    add_keys_commands(sub)  # keys create|list|revoke, conversations export
 
     adapters = sub.add_parser("adapters", help="the adapter registry")
     adapters_sub = adapters.add_subparsers(dest="action", required=True)

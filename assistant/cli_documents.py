@@ -4,6 +4,7 @@
     protege documents list [--json]
     protege documents show 7 [--json]          # every version, its size, chunks, adapters
     protege documents delete 7 --yes           # forget every version of document 7
+    protege forget 7 --yes                     # the same: taints adapters trained on it
     protege knowledge check [--repair] [--json]
 
 Exit codes: 0 fine; 1 some files failed to ingest, or `check` found drift (and did not repair);
@@ -90,15 +91,28 @@ def documents(settings: Settings, args: argparse.Namespace) -> int:
                 f"adapters: {', '.join(v.adapters) or 'none'}"
             )
         return 0
-    # delete
+    return forget(settings, args)  # delete
+
+
+def forget(settings: Settings, args: argparse.Namespace) -> int:
+    """Delete every version, taint the adapters trained on it, move serving off them."""
+    from knowledge.catalog import describe
+    from learner.forgetting import forget_document
+    from learner.pipeline import notify_serving
+
+    store = _store(settings)
     info = describe(store, args.id)
+    adapters = sorted({a for v in info.versions for a in v.adapters})
     if not args.yes:
-        print(f"would delete {info.name!r} ({len(info.versions)} version(s)); add --yes to do it")
+        print(
+            f"would forget {info.name!r} ({len(info.versions)} version(s)) and taint the adapters "
+            f"trained on it ({', '.join(adapters) or 'none'}); add --yes to do it"
+        )
         return 1
-    result = store.delete_document(args.id, deleted_by=args.user)
-    print(f"deleted {info.name!r}: versions {result.document_ids}, {result.chunks_removed} chunks")
-    if result.adapters:
-        print(f"adapters trained on it still carry it: {', '.join(result.adapters)}")
+    result = forget_document(settings, args.id, actor=args.user, store=store)
+    print(f"deleted {info.name!r}: {result.summary()}")
+    if result.served != result.served_before:
+        print(notify_serving(settings))
     return 0
 
 
@@ -149,6 +163,14 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     remove.add_argument("--yes", action="store_true", help="really delete")
     remove.add_argument("--user", default="cli", help="recorded as who deleted it")
     remove.set_defaults(func=documents)
+
+    forget_p = sub.add_parser(
+        "forget", help="delete a document and taint every adapter trained on it"
+    )
+    forget_p.add_argument("id", type=int, help="any version's id")
+    forget_p.add_argument("--yes", action="store_true", help="really forget")
+    forget_p.add_argument("--user", default="cli", help="recorded as who deleted it")
+    forget_p.set_defaults(func=forget)
 
     knowledge = sub.add_parser("knowledge", help="the knowledge index")
     knowledge_sub = knowledge.add_subparsers(dest="action", required=True)

@@ -17,7 +17,8 @@ from knowledge.errors import NotFoundError
 from knowledge.settings import Settings
 
 
-def _row(run) -> dict:  # noqa: ANN001
+def run_row(run) -> dict:  # noqa: ANN001
+    """A Run row as JSON: stage timings split out of the metrics (also GET /admin/runs)."""
     metrics = json.loads(run.metrics_json or "{}")
     seconds = metrics.pop("seconds", {})
     return {
@@ -47,7 +48,7 @@ def _runs(settings: Settings, args: argparse.Namespace) -> int:
         else:
             query = select(Run).order_by(col(Run.id).desc()).limit(args.limit)
             runs = list(session.exec(query))
-        rows = [_row(r) for r in runs]
+        rows = [run_row(r) for r in runs]
     if args.action == "show":
         row = rows[0]
         row["dir"] = str(settings.runs_dir / f"{row['id']:05d}")  # as learner.pipeline names it
@@ -93,6 +94,8 @@ def dry_run(settings: Settings, as_json: bool) -> int:
         for doc in plan.documents:
             print(f"{doc.id:>5} {doc.version:>7} {doc.tokens:>8} {doc.name}")
         print(f"tokens to process (mid-training + distillation): {plan.work_tokens}")
+        used = ", ".join(f"{name} ({n})" for name, n in plan.sources.items())
+        print(f"sources: {used}; off: {', '.join(plan.sources_off) or 'none'}")
         print(f"estimated time: {plan.estimated_seconds:.0f} s ({plan.estimate_basis})")
     return 0
 

@@ -113,6 +113,8 @@ def run_demo(settings: Settings, keep_serving: bool = True, n_questions: int = 4
     demo_settings = settings.model_copy(deep=True, update={"home": workspace, "database_url": None})
     demo_settings.sandbox.dir = settings.sandbox_dir
     demo_settings.serving.port = port
+    # The demo is one command on this machine: open mode (no API keys), which only loopback allows.
+    demo_settings.serving.host, demo_settings.serving.auth = "127.0.0.1", "open"
     demo_settings.serving.reload_url = None
     config_path = workspace / "config.yaml"
     config_path.write_text(yaml.safe_dump(dump_settings(demo_settings)))
@@ -120,7 +122,8 @@ def run_demo(settings: Settings, keep_serving: bool = True, n_questions: int = 4
     url = f"http://127.0.0.1:{port}"
 
     log_path = workspace / "server.log"
-    print(f"[demo] starting the assistant at {url} (log: {log_path})")
+    print(f"[demo] starting the assistant at {url} in open mode: no API keys, loopback only "
+          f"(log: {log_path})")  # fmt: skip
     env = {**os.environ, "PROTEGE_HOME": str(workspace)}
     env.pop("PROTEGE_DATABASE_URL", None)
     with open(log_path, "w") as log_file:

@@ -47,6 +47,7 @@ from learner.modeling import (
     torch_device,
 )
 from learner.registry import BASE
+from learner.scoring import sequence_logprobs
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -59,6 +60,7 @@ class _Request:
     version: str
     on_text: Callable[[str], None] | None
     future: Future[GenerationResult]
+    prompt_ids: list[int] | None = None  # a raw token-id prompt instead of chat messages
     # decoding state, touched only by the worker thread
     ids: list[int] = field(default_factory=list)
     text: str = ""
@@ -157,10 +159,17 @@ class EmbeddedEngine:
         params: GenerationParams,
         adapter_version: str,
         on_text: Callable[[str], None] | None = None,
+        *,
+        prompt_ids: list[int] | None = None,
     ) -> Future[GenerationResult]:
         future: Future[GenerationResult] = Future()
-        self._put(_Request(list(messages), params, adapter_version, on_text, future))
+        self._put(_Request(list(messages), params, adapter_version, on_text, future, prompt_ids))
         return future
+
+    def prompt_logprobs(
+        self, prompts: list[list[int]], adapter_version: str
+    ) -> Future[list[list[float | None]]]:
+        return self._call(lambda: self._score(prompts, adapter_version))
 
     def generate(
         self, messages: list[Message], params: GenerationParams, version: str
@@ -280,6 +289,18 @@ class EmbeddedEngine:
             torch.cuda.empty_cache()
         log.info("adapter %s unloaded", version)
 
+    def _score(self, prompts: list[list[int]], version: str) -> list[list[float | None]]:
+        """log p(token_t | tokens_<t) of each prompt under `version`; position 0 has none."""
+        if self._max_positions and max(map(len, prompts), default=0) > self._max_positions:
+            raise BadInputError(f"a prompt exceeds the model's context of {self._max_positions}")
+        enc = self.tokenizer.pad({"input_ids": prompts}, return_tensors="pt")  # left padding
+        with torch.inference_mode(), self._adapter(version):
+            lp_B_T = sequence_logprobs(
+                self._model, enc["input_ids"].to(self.device), enc["attention_mask"].to(self.device)
+            )
+        return [[None, *lp_B_T[i, len(lp_B_T[i]) - len(ids) + 1 :].tolist()]
+                for i, ids in enumerate(prompts)]  # fmt: skip
+
     @contextmanager
     def _adapter(self, version: str) -> Iterator[None]:
         if version != BASE:
@@ -296,8 +317,10 @@ class EmbeddedEngine:
     def _admit(self, request: _Request) -> list[int] | None:
         """The prompt's token ids, or None after failing just this request (bad input)."""
         try:
-            prompt = chat_prompt(self.tokenizer, request.messages)
-            ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+            ids = request.prompt_ids
+            if ids is None:
+                prompt = chat_prompt(self.tokenizer, request.messages)
+                ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
             total = len(ids) + request.params.max_tokens
             if self._max_positions and total > self._max_positions:
                 raise BadInputError(
@@ -364,8 +387,9 @@ class EmbeddedEngine:
             row.done, row.finish = True, "stop"
         else:
             row.ids.append(token)
-            # leading whitespace (e.g. after an empty think block) is never part of the answer
-            text = self.tokenizer.decode(row.ids, skip_special_tokens=True).lstrip()
+            text = self.tokenizer.decode(row.ids, skip_special_tokens=True)
+            if row.prompt_ids is None:  # a chat answer never starts with whitespace (think block)
+                text = text.lstrip()
             cuts = [i for i in (text.find(s) for s in row.params.stop if s) if i >= 0]
             if cuts:
                 text = text[: min(cuts)]

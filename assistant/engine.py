@@ -1,8 +1,8 @@
 """The inference engine contract the app and the hot-swapper code against.
 
 An engine turns chat messages into an answer with a named adapter version ("base" = no adapter).
-Implementations: `assistant/embedded_engine.py` (transformers + peft in this process); a vLLM
-client can implement the same Protocol later.
+Implementations: `assistant/embedded_engine.py` (transformers + peft in this process) and
+`assistant/vllm_engine.py` (a client of a vLLM server with runtime LoRA); `serving.engine` picks.
 
     result = engine.generate(messages, GenerationParams(max_tokens=32), "v0002")
     future = engine.submit(messages, params, "base", on_text=print)   # streaming deltas
@@ -55,8 +55,20 @@ class Engine(Protocol):
         params: GenerationParams,
         adapter_version: str,
         on_text: Callable[[str], None] | None = None,
+        *,
+        prompt_ids: list[int] | None = None,
     ) -> Future[GenerationResult]:
-        """Queue a generation; `on_text` (if given) receives text deltas as they are decided."""
+        """Queue a generation; `on_text` (if given) receives text deltas as they are decided.
+
+        With `prompt_ids` the prompt is those token ids as they are (no chat template; `messages`
+        is ignored) and the text is not stripped: a plain completion.
+        """
+        ...
+
+    def prompt_logprobs(
+        self, prompts: list[list[int]], adapter_version: str
+    ) -> Future[list[list[float | None]]]:
+        """log p(token_t | tokens_<t) for each prompt position under the adapter (t=0: None)."""
         ...
 
     def generate(

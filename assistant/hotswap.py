@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -53,6 +53,7 @@ class AdapterSwitcher:
         self._pins: Counter[str] = Counter()
         self._retired: set[str] = set()  # no longer served, still loaded, waiting for pins to drop
         self.last_error: str | None = None
+        self.on_swap: Callable[[SwapResult], None] | None = None  # e.g. metrics; after each swap
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -127,7 +128,10 @@ class AdapterSwitcher:
                     self._retire(previous)
             self.last_error = None
             log.info("serving adapter %s (was %s)", target, previous)
-            return SwapResult(served=target, previous=previous, changed=True)
+            result = SwapResult(served=target, previous=previous, changed=True)
+            if self.on_swap is not None:
+                self.on_swap(result)
+            return result
 
     def sync(self) -> str:
         """Like `reload`, but never raises: logs a refusal and returns the version served."""

@@ -1,30 +1,36 @@
 """Document and search endpoints (an APIRouter included by `assistant.app.create_app`).
 
-    curl -F file=@handbook.pdf -F visibility=groups -F groups=hr,finance localhost:8321/v1/documents
-    curl localhost:8321/v1/documents                 # current documents, each with its versions
-    curl localhost:8321/v1/documents/7               # one document (any version's id)
-    curl -X DELETE localhost:8321/v1/documents/7     # forget every version
-    curl localhost:8321/v1/search -H 'content-type: application/json' \
-         -d '{"query": "vacation days", "k": 3, "groups": ["hr"]}'
+    H="Authorization: Bearer $KEY"
+    curl -H "$H" -F file=@handbook.pdf -F visibility=groups -F groups=hr,finance \
+         localhost:8321/v1/documents                        # admin: upload
+    curl -H "$H" localhost:8321/v1/documents                # documents the key may see, versions
+    curl -H "$H" localhost:8321/v1/documents/7              # one document (any version's id)
+    curl -H "$H" -X DELETE localhost:8321/v1/documents/7    # admin: forget every version
+    curl -H "$H" localhost:8321/v1/search -H 'content-type: application/json' \
+         -d '{"query": "vacation days", "k": 3}'
 
-There is no authentication yet (it is its own issue): the caller's groups for `/v1/search` come
-from the request body, and `uploaded_by` / `deleted_by` from form or query fields, all trusted as
-given. Listing shows every document's metadata (names, not content), like an admin view. Bind the
-server to localhost until auth lands.
+Who is asking comes from the API key (assistant/auth.py), never from the request: the uploader and
+deleter recorded are the key's user, and search sees what the key's groups may see (a `groups`
+field in the body is refused with 422, so no client believes it still narrows or widens access).
+Uploads and deletes are admin-only. Listing and reading show a `user` key the documents it may
+see (company ones and those of its groups; others answer 404); admins see every document's
+metadata (names, not content).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, File, Form, Request, UploadFile
+from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
-from knowledge.catalog import catalog, describe
-from knowledge.errors import TooLargeError
+from assistant.auth import Principal, current_principal, may_see, require_admin
+from knowledge.catalog import DocumentInfo, catalog, describe
+from knowledge.errors import AdapterIntegrityError, NotFoundError, TooLargeError
 from knowledge.store import KnowledgeStore
+from learner.forgetting import forget_document
 
 router = APIRouter()
 
@@ -38,8 +44,11 @@ class SearchRequest(BaseModel):
 
     query: str = Field(min_length=1, max_length=4_000)
     k: int | None = Field(default=None, ge=1, le=100)
-    # The caller's groups. Trusted as given until auth exists (then they come from the API key).
-    groups: list[str] = Field(default_factory=list, max_length=100)
+    # No `groups`: the caller's groups are the API key's (extra="forbid" refuses the old field).
+
+
+def _visible(principal: Principal, info: DocumentInfo) -> bool:
+    return may_see(principal, info.current.visibility, info.current.groups)
 
 
 @router.post("/v1/documents", status_code=201)
@@ -48,7 +57,7 @@ async def upload_document(
     file: UploadFile = File(...),
     visibility: str | None = Form(None),
     groups: str = Form(""),
-    uploaded_by: str | None = Form(None),
+    admin: Principal = Depends(require_admin),
 ) -> JSONResponse:
     """Multipart upload. 201: new document or version; 200: these bytes were already stored.
 
@@ -63,7 +72,7 @@ async def upload_document(
 
     def ingest() -> dict[str, Any]:
         result = store.ingest_bytes(
-            file.filename or "", data, uploaded_by=uploaded_by, visibility=visibility, groups=groups
+            file.filename or "", data, uploaded_by=admin.user, visibility=visibility, groups=groups
         )
         assert result.document.id is not None
         body = describe(store, result.document.id).as_dict()
@@ -76,37 +85,58 @@ async def upload_document(
 
 
 @router.get("/v1/documents")
-async def list_documents(request: Request) -> dict[str, Any]:
+async def list_documents(
+    request: Request, principal: Principal = Depends(current_principal)
+) -> dict[str, Any]:
     infos = await run_in_threadpool(catalog, _store(request))
-    return {"object": "list", "data": [info.as_dict() for info in infos]}
+    return {"object": "list", "data": [i.as_dict() for i in infos if _visible(principal, i)]}
 
 
 @router.get("/v1/documents/{doc_id}")
-async def get_document(request: Request, doc_id: int) -> dict[str, Any]:
+async def get_document(
+    request: Request, doc_id: int, principal: Principal = Depends(current_principal)
+) -> dict[str, Any]:
     """The document version `doc_id` belongs to, with every version and its adapters."""
     info = await run_in_threadpool(describe, _store(request), doc_id)
+    if not _visible(principal, info):  # the same answer as for a missing id: nothing leaks
+        raise NotFoundError(f"no document with id {doc_id}")
     return info.as_dict()
 
 
 @router.delete("/v1/documents/{doc_id}")
 async def delete_document(
-    request: Request, doc_id: int, deleted_by: str | None = None
+    request: Request, doc_id: int, admin: Principal = Depends(require_admin)
 ) -> dict[str, Any]:
-    """Forget every version. `adapters`: trained on it, they still carry what it said."""
-    store = _store(request)
-    result = await run_in_threadpool(lambda: store.delete_document(doc_id, deleted_by=deleted_by))
-    return {
+    """Forget every version (learner/forgetting.py): out of search at once, and every adapter
+    trained on it `tainted`. `served`: what this server serves from now on (it swaps before
+    answering; `serving_error` says why it could not, and its poller keeps trying)."""
+    store, switcher = _store(request), request.app.state.switcher
+    result = await run_in_threadpool(
+        lambda: forget_document(store.settings, doc_id, admin.user, store=store)
+    )
+    body: dict[str, Any] = {
         "deleted": result.document_ids,
         "chunks_removed": result.chunks_removed,
-        "adapters": result.adapters,
+        "tainted": result.tainted,
+        "served_before": result.served_before,
+        "served": result.served,
     }
+    if result.served != result.served_before:
+        try:
+            await run_in_threadpool(switcher.reload)
+        except AdapterIntegrityError as exc:  # the document is gone already: report, not fail
+            body["serving_error"] = str(exc)
+    return body
 
 
 @router.post("/v1/search")
-async def search(request: Request, body: SearchRequest) -> dict[str, Any]:
-    """The chunks closest to `query` that a caller in `groups` may see, best first."""
+async def search(
+    request: Request, body: SearchRequest, principal: Principal = Depends(current_principal)
+) -> dict[str, Any]:
+    """The chunks closest to `query` that the key's groups may see, best first."""
     store = _store(request)
-    hits = await run_in_threadpool(lambda: store.retrieve(body.query, body.k, groups=body.groups))
+    groups = list(principal.groups)
+    hits = await run_in_threadpool(lambda: store.retrieve(body.query, body.k, groups=groups))
     return {
         "object": "list",
         "data": [

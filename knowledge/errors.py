@@ -45,6 +45,18 @@ class NotFoundError(ProtegeError):
     http_status = 404
 
 
+class UnauthorizedError(ProtegeError):
+    """No API key, or one that is unknown or revoked."""
+
+    http_status = 401
+
+
+class ForbiddenError(ProtegeError):
+    """A valid key whose role may not do this (e.g. a `user` key uploading a document)."""
+
+    http_status = 403
+
+
 class SandboxNotBuiltError(ProtegeError):
     http_status = 503
 
@@ -57,6 +69,10 @@ class AdapterIntegrityError(ProtegeError):
     """An adapter folder is missing, partial, or its checksum does not match the registry."""
 
     http_status = 409
+
+
+class TaintedAdapterError(AdapterIntegrityError):
+    """The adapter was trained on a forgotten document: it may never be served again."""
 
 
 class NothingToTrainError(ProtegeError):
@@ -73,3 +89,9 @@ class CycleBusyError(ProtegeError):
     """Another training cycle holds the lease."""
 
     http_status = 409
+
+
+class NoGPUError(ConfigError):
+    """The profile asks for a CUDA GPU (`models.device: cuda`) and this host has none visible."""
+
+    http_status = 503

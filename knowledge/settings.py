@@ -34,6 +34,8 @@ class ModelsConfig(_Section):
 
     student: str = "sandbox:student"
     # "base": the student before this cycle's mid-training (the reference recipe's teacher);
+    # "server:http://host:port/v1[#model]": a completions server (vLLM, or another protege)
+    # scoring with prompt_logprobs (learner/teachers/server.py);
     # anything else: a model folder or hub id sharing the student's tokenizer.
     teacher: str = "base"
     device: Literal["cpu", "cuda", "auto"] = "cpu"
@@ -138,7 +140,21 @@ class EvalConfig(_Section):
     known_qa_file: str | None = None  # QA on what the model knew before (forgetting check)
 
 
+class SourcesConfig(_Section):
+    """What the nightly cycle may train on: an explicit allow-list, one switch per source."""
+
+    # New documents (mid-training), within `knowledge.train_on`. Off: every cycle is skipped.
+    documents: bool = True
+    # Logged chats, redacted, of users who have not opted out, as extra OPD prompts. Off by
+    # default: turning it on is a decision about people's conversations, not a tuning knob.
+    conversations: bool = False
+    # The prompt files: background chat (`midtrain.chat_prompts_file`) and OPD prompts
+    # (`distill.prompts_file`), or the sandbox's own.
+    prompt_files: bool = True
+
+
 class LearnerConfig(_Section):
+    sources: SourcesConfig = SourcesConfig()
     lora: LoraConfig = LoraConfig()
     midtrain: MidtrainConfig = MidtrainConfig()
     distill: DistillConfig = DistillConfig()
@@ -151,10 +167,16 @@ class ServingConfig(_Section):
     host: str = "127.0.0.1"
     port: int = 8321
     engine: Literal["embedded", "vllm"] = "embedded"
+    # engine "vllm": the vLLM OpenAI server (http://host:port, started with --enable-lora and
+    # VLLM_ALLOW_RUNTIME_LORA_UPDATING=True) that loads adapters from the registry's paths.
+    vllm_url: str | None = None
     max_new_tokens: int = 64
     registry_poll_seconds: float = 10.0
     retrieval: bool = True
     reload_url: str | None = None  # where the nightly cycle notifies serving; default host:port
+    # "keys": every /v1 and /admin call needs `Authorization: Bearer <key>` (`protege keys create`).
+    # "open": no keys, everyone is a local admin; refused unless `host` is a loopback address.
+    auth: Literal["keys", "open"] = "keys"
 
 
 class ScheduleConfig(_Section):
@@ -164,6 +186,10 @@ class ScheduleConfig(_Section):
     # One cycle at a time across processes/hosts (learner/lease.py): a holder that dies frees the
     # lease this long after its last heartbeat (heartbeats every quarter of it).
     lease_seconds: float = Field(300, gt=0)
+    # POSTed {run_id, status, message, adapter_version, metrics} after every cycle (learner/webhook.py).
+    webhook_url: str | None = None
+    # Run the schedule inside `protege serve` (no separate `protege schedule` process needed).
+    in_server: bool = False
 
 
 class Settings(_Section):

@@ -1,4 +1,5 @@
-"""SQL tables owned by `knowledge`: documents, chunks, conversations (exchanges), feedback.
+"""SQL tables owned by `knowledge`: documents, chunks, conversations (exchanges), feedback,
+per-user training opt-outs.
 
 One SQLModel metadata and one database for the whole app; `learner` owns its own tables.
 Schema changes ship with an Alembic migration in `knowledge/migrations/versions/`.
@@ -99,3 +100,13 @@ class Feedback(SQLModel, table=True):
     comment: str = ""
     user: str | None = None
     created_at: datetime = Field(default_factory=utcnow)
+
+
+class TrainingOptOut(SQLModel, table=True):
+    """A user who asked that their conversations never be used for training (knowledge/optout.py).
+
+    A row means opted out; opting back in deletes it.
+    """
+
+    user: str = Field(primary_key=True)
+    opted_out_at: datetime = Field(default_factory=utcnow)

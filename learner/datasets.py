@@ -8,13 +8,19 @@ Otherwise from the paths in the config (an admin-provided JSONL for each).
 from __future__ import annotations
 
 import json
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from knowledge.errors import ConfigError
+from knowledge.errors import ConfigError, NothingToTrainError
 from knowledge.settings import Settings
 from learner.generation import Message
 from learner.sandbox.manifest import SandboxManifest, load_manifest, sandbox_root
+
+if TYPE_CHECKING:  # the store pulls in Chroma: only its type is needed here
+    from knowledge.store import KnowledgeStore
+    from knowledge.tables import Document
 
 
 @dataclass
@@ -68,10 +74,15 @@ def chat_prompts(settings: Settings) -> list[list[Message]]:
     return load_prompts(path) if path else []
 
 
-def opd_prompts(settings: Settings) -> list[list[Message]]:
+def _opd_prompts_file(settings: Settings) -> Path | None:
     path = _configured(settings.learner.distill.prompts_file, "OPD prompts")
     if path is None and uses_sandbox(settings):
         path = sandbox_manifest(settings).opd_prompts_file
+    return path
+
+
+def opd_prompts(settings: Settings) -> list[list[Message]]:
+    path = _opd_prompts_file(settings)
     if path is None:
         raise ConfigError("no OPD prompts: set learner.distill.prompts_file")
     return load_prompts(path)
@@ -102,9 +113,9 @@ def eval_sets(settings: Settings, document_names: list[str], workdir: Path) -> E
 def conversation_prompts(settings: Settings) -> list[list[Message]]:
     """Logged chats (Exchange rows) as prompts, every message redacted (learner/redaction.py).
 
-    NOT used by the nightly cycle yet: it trains on documents and the configured prompt files
-    only. Users cannot opt out of conversation training yet (there is no opt-out record), so
-    wiring this in must wait for that; the redaction already applies to anything read here.
+    Used by the nightly cycle only when `learner.sources.conversations` is on. Left out:
+    exchanges of users who opted out (knowledge/optout.py) and exchanges with no user (nobody
+    could have opted them out, so there is no consent to rely on).
     Only user and assistant turns are kept: a request's system messages can carry retrieved
     chunks of group-restricted documents, which must not reach weights every user shares.
     A prompt ends with a user turn (what OPD samples an answer to).
@@ -112,11 +123,20 @@ def conversation_prompts(settings: Settings) -> list[list[Message]]:
     from sqlmodel import Session, col, select
 
     from knowledge.db import open_database
+    from knowledge.optout import opted_out_users
     from knowledge.tables import Exchange
     from learner.redaction import redact
 
-    with Session(open_database(settings.db_url)) as session:
-        rows = session.exec(select(Exchange).order_by(col(Exchange.id))).all()
+    engine = open_database(settings.db_url)
+    opted_out = opted_out_users(engine)
+    query = (
+        select(Exchange)
+        .where(col(Exchange.user).is_not(None))
+        .where(col(Exchange.user).not_in(opted_out))
+        .order_by(col(Exchange.id))
+    )
+    with Session(engine) as session:
+        rows = session.exec(query).all()
     prompts: list[list[Message]] = []
     for row in rows:
         kept = [
@@ -129,3 +149,47 @@ def conversation_prompts(settings: Settings) -> list[list[Message]]:
         if kept:
             prompts.append(kept)
     return prompts
+
+
+@dataclass
+class TrainingPrompts:
+    """The prompts one cycle uses, and how many came from each allowed source."""
+
+    chat: list[list[Message]]  # background replay during mid-training
+    opd: list[list[Message]]  # on-policy distillation
+    sources: dict[str, int]  # allowed source -> prompts taken from it (only allowed ones appear)
+
+
+def training_prompts(settings: Settings) -> TrainingPrompts:
+    """Gather prompts from the sources `learner.sources` allows (documents are selected apart)."""
+    allowed = settings.learner.sources
+    chat: list[list[Message]] = []
+    opd: list[list[Message]] = []
+    sources: dict[str, int] = {}
+    if allowed.prompt_files:
+        chat = chat_prompts(settings)
+        path = _opd_prompts_file(settings)
+        opd = load_prompts(path) if path else []
+        sources["prompt_files"] = len(chat) + len(opd)
+    if allowed.conversations:
+        conversations = conversation_prompts(settings)
+        opd = opd + conversations
+        sources["conversations"] = len(conversations)
+    if not opd:
+        raise ConfigError(
+            "no OPD prompts: set learner.distill.prompts_file with learner.sources.prompt_files "
+            "on, or turn learner.sources.conversations on once there are conversations to use"
+        )
+    return TrainingPrompts(chat, opd, sources)
+
+
+def eligible_documents(
+    settings: Settings, store: KnowledgeStore, exclude_ids: Collection[int]
+) -> list[Document]:
+    """The new documents a cycle would train on; NothingToTrainError when that source is off."""
+    if not settings.learner.sources.documents:
+        raise NothingToTrainError(
+            "learner.sources.documents is off: there is nothing to mid-train on, so the cycle "
+            "is skipped"
+        )
+    return store.training_eligible(exclude_ids=exclude_ids)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -31,8 +32,10 @@ from knowledge.settings import Settings, dump_settings
 from knowledge.store import KnowledgeStore
 from knowledge.tables import utcnow
 from learner import distill, midtrain
-from learner.datasets import chat_prompts, eval_sets, opd_prompts
+from learner.datasets import eligible_documents, eval_sets, training_prompts
 from learner.evals.evaluate import evaluate_model
+from learner.failures import describe_failure, require_gpu
+from learner.forgetting import rebuild_reason
 from learner.lease import CycleLease
 from learner.modeling import (
     configure_threads,
@@ -47,6 +50,8 @@ from learner.registry import BASE, Registry
 from learner.tables import Run
 from learner.teachers.base import BaseModelTeacher
 from learner.teachers.local import LocalTeacher
+from learner.teachers.server import ServerTeacher
+from learner.webhook import send_webhook
 
 log = logging.getLogger("protege.pipeline")
 
@@ -132,9 +137,17 @@ def passes_gate(settings: Settings, before: dict, base: dict, after: dict) -> tu
 
 
 def notify_serving(settings: Settings) -> str:
-    """Tell the running server to swap now; it also polls the registry, so failure only delays."""
+    """Tell the running server to swap now; it also polls the registry, so failure only delays.
+
+    A server with API keys wants an admin key: `PROTEGE_API_KEY` in the environment (not in the
+    config, which is saved next to every run and adapter).
+    """
+    key = os.environ.get("PROTEGE_API_KEY")
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
     try:
-        response = httpx.post(f"{settings.server_url}/admin/adapters/reload", timeout=120)
+        response = httpx.post(
+            f"{settings.server_url}/admin/adapters/reload", headers=headers, timeout=120
+        )
         return f"server answered {response.status_code}: {response.text[:200]}"
     except httpx.HTTPError as exc:
         return (
@@ -170,18 +183,25 @@ def run_cycle(
         run = _RunLog(settings, trigger, lease)
         if recovered:
             run.metric({"stage": "recovery", "done": recovered})
-        return _cycle(settings, registry, run, progress, notify)
+        try:
+            return _cycle(settings, registry, run, progress, notify)
+        finally:  # succeeded, skipped or failed: the run row says which
+            send_webhook(settings.schedule.webhook_url, registry.engine, run.id)
 
 
 def _cycle(
     settings: Settings, registry: Registry, run: _RunLog, progress: bool, notify: bool
 ) -> CycleResult:
     try:
+        require_gpu(settings)  # a GPU profile on a host without one: refuse before any work
         with run.stage("select"):
             served = registry.served_version()
-            trained_ids = registry.served_documents()
+            # after forgetting: a fresh LoRA on every remaining document, not the served one continued
+            rebuild = rebuild_reason(registry)
+            start = BASE if rebuild else served  # the adapter this cycle continues
+            trained_ids = [] if rebuild else registry.served_documents()
             store = KnowledgeStore(settings)
-            new_docs = store.training_eligible(exclude_ids=trained_ids)
+            new_docs = eligible_documents(settings, store, trained_ids)  # learner.sources.documents
             if not new_docs:
                 raise NothingToTrainError(
                     "no new company documents since the served adapter; nothing to train"
@@ -193,16 +213,27 @@ def _cycle(
             student_path = resolve_model_ref(settings, settings.models.student)
             device = torch_device(settings)
             tokenizer = load_tokenizer(student_path)
-            model = _trainable_student(settings, registry, served, student_path, device)
+            model = _trainable_student(settings, registry, start, student_path, device)
             tokens = sum(count_tokens(tokenizer, documents))
             run.summary = {"document_tokens": tokens, "work_tokens": work_tokens(settings, tokens)}
+            if rebuild:
+                run.summary["rebuild"] = rebuild
             run.metric(
-                {"stage": "select", "new_documents": [d.id for d in new_docs], "served": served}
+                {
+                    "stage": "select",
+                    "new_documents": [d.id for d in new_docs],
+                    "served": served,
+                    "rebuild": rebuild,
+                }
             )
+
+        prompts = training_prompts(settings)  # from the sources learner.sources allows
+        run.summary["sources"] = {"documents": len(new_docs), **prompts.sources}
+        run.metric({"stage": "sources", **run.summary["sources"]})
 
         with run.stage("evaluate_before"):
             before = _evaluate(settings, model, tokenizer, sets, progress)
-            if served == BASE:
+            if start == BASE:
                 base = before
             else:
                 with model.disable_adapter():
@@ -214,7 +245,7 @@ def _cycle(
                 model,
                 tokenizer,
                 documents,
-                chat_prompts(settings),
+                prompts.chat,
                 settings.learner.midtrain,
                 settings.learner.seed,
                 run.metric,
@@ -224,6 +255,8 @@ def _cycle(
         with run.stage("distill"):
             if settings.models.teacher == "base":
                 teacher = BaseModelTeacher(model)
+            elif settings.models.teacher.startswith("server:"):  # checked before any OPD step
+                teacher = ServerTeacher.from_ref(settings.models.teacher, tokenizer)
             else:
                 teacher_path = resolve_model_ref(settings, settings.models.teacher)
                 teacher = LocalTeacher(teacher_path, tokenizer, device, settings.models.dtype)
@@ -231,7 +264,7 @@ def _cycle(
                 model,
                 tokenizer,
                 teacher,
-                opd_prompts(settings),
+                prompts.opd,
                 settings.learner.distill,
                 settings.learner.seed,
                 log=run.metric,
@@ -249,7 +282,7 @@ def _cycle(
             registry.register(
                 version,
                 save=model.save_pretrained,
-                parent_version=None if served == BASE else served,
+                parent_version=None if start == BASE else start,
                 base_model=student_path,
                 config=dump_settings(settings),
                 documents=lineage,
@@ -281,9 +314,7 @@ def _cycle(
         run.update(status="skipped", message=str(exc), finished_at=utcnow())
         return CycleResult(run.id, "skipped", str(exc))
     except Exception as exc:
-        run.update(
-            status="failed", message=f"{exc.__class__.__name__}: {exc}", finished_at=utcnow()
-        )
+        run.update(status="failed", message=describe_failure(exc, settings), finished_at=utcnow())
         raise
     finally:
         run.close()

@@ -16,8 +16,11 @@ from dataclasses import asdict, dataclass, field
 from sqlmodel import Session, col, select
 
 from knowledge.db import open_database
+from knowledge.errors import NothingToTrainError
 from knowledge.settings import Settings
 from knowledge.store import KnowledgeStore
+from learner.datasets import eligible_documents, training_prompts
+from learner.forgetting import rebuild_reason
 from learner.modeling import load_tokenizer, resolve_model_ref
 from learner.registry import Registry
 from learner.tables import Run
@@ -38,11 +41,15 @@ class PlannedDocument:
 @dataclass
 class CyclePlan:
     served: str
+    rebuild: str | None = None  # why the cycle would start from the base model (forgetting)
     documents: list[PlannedDocument] = field(default_factory=list)
     document_tokens: int = 0
     work_tokens: int = 0  # tokens mid-training and distillation will process
     estimated_seconds: float = 0.0
     estimate_basis: str = ""
+    # allowed source -> items the cycle would take from it (documents, prompts); others are off
+    sources: dict[str, int] = field(default_factory=dict)
+    sources_off: list[str] = field(default_factory=list)  # sources learner.sources turns off
     message: str = ""
 
     def as_dict(self) -> dict:
@@ -84,8 +91,15 @@ def plan_cycle(settings: Settings) -> CyclePlan:
     registry = Registry(settings)
     served = registry.served_version()
     store = KnowledgeStore(settings)
-    new_docs = store.training_eligible(exclude_ids=registry.served_documents())
-    plan = CyclePlan(served=served)
+    rebuild = rebuild_reason(registry)
+    trained_ids = [] if rebuild else registry.served_documents()
+    plan = CyclePlan(served=served, rebuild=rebuild)
+    plan.sources_off = [k for k, on in settings.learner.sources.model_dump().items() if not on]
+    try:
+        new_docs = eligible_documents(settings, store, trained_ids)
+    except NothingToTrainError as exc:  # learner.sources.documents is off
+        plan.message = str(exc)
+        return plan
     if not new_docs:
         plan.message = "nothing new since the served adapter: the cycle would be skipped"
         return plan
@@ -95,8 +109,11 @@ def plan_cycle(settings: Settings) -> CyclePlan:
         PlannedDocument(d.id, d.name, d.version, n) for d, n in zip(new_docs, counts, strict=True)
     ]
     plan.document_tokens = sum(counts)
+    plan.sources = {"documents": len(new_docs), **training_prompts(settings).sources}
     plan.work_tokens = work_tokens(settings, plan.document_tokens)
     plan.estimated_seconds, plan.estimate_basis = _estimate(settings, plan.work_tokens)
     plan.estimated_seconds = round(plan.estimated_seconds, 1)
     plan.message = f"would train on {len(new_docs)} document(s), {plan.document_tokens} tokens"
+    if rebuild:
+        plan.message += f" (a rebuild: {rebuild})"
     return plan

@@ -3,6 +3,9 @@
 Folders: `<home>/adapters/<version>/` holding the peft adapter files and `meta.json`. A folder is
 written as `<version>.tmp`, fsynced, checksummed and renamed into place, so the registry never
 points at a partial folder. Promotion and rollback are single DB transactions.
+
+An adapter trained on a document that was later forgotten is `tainted` (learner/forgetting.py):
+it is never served, promoted or rolled back to again.
 """
 
 from __future__ import annotations
@@ -14,16 +17,17 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from knowledge.db import open_database
-from knowledge.errors import AdapterIntegrityError, NotFoundError
+from knowledge.errors import AdapterIntegrityError, NotFoundError, TaintedAdapterError
 from knowledge.faults import pause_point
 from knowledge.settings import Settings
-from knowledge.tables import utcnow
+from knowledge.tables import DELETED, Document, utcnow
 from learner.tables import Adapter, Deployment
 
 BASE = "base"  # the served "version" when no adapter is promoted
+FORGET = "forget"  # Deployment.action when forgetting moved serving off a tainted adapter
 META = "meta.json"
 
 
@@ -135,14 +139,22 @@ class Registry:
         with Session(self.engine) as session:
             return list(session.exec(select(Adapter).order_by(Adapter.version)).all())
 
-    def served_version(self) -> str:
+    def last_deployment(self) -> Deployment | None:
         with Session(self.engine) as session:
-            last = session.exec(select(Deployment).order_by(Deployment.id.desc()).limit(1)).first()
+            return session.exec(select(Deployment).order_by(Deployment.id.desc()).limit(1)).first()
+
+    def served_version(self) -> str:
+        last = self.last_deployment()
         return last.version if last else BASE
 
     def served_documents(self) -> list[int]:
         version = self.served_version()
         return [] if version == BASE else json.loads(self.get(version).documents_json)
+
+    def forgotten_documents(self, version: str) -> list[int]:
+        """Document ids in `version`'s lineage that have since been deleted (forgotten)."""
+        with Session(self.engine) as session:
+            return _forgotten(session, self.get(version))
 
     def verify(self, version: str) -> Path:
         """The adapter's folder, after checking it is complete and matches its checksum."""
@@ -156,7 +168,10 @@ class Registry:
             raise AdapterIntegrityError(
                 f"adapter {version}: checksum mismatch (registry {row.sha256[:12]}, folder {actual[:12]})"
             )
-        if row.status in {"tainted", "rejected"}:
+        if row.status == "tainted":
+            why = json.loads(row.metrics_json).get("tainted", {}).get("reason", "")
+            raise TaintedAdapterError(f"adapter {version} is tainted ({why}): never served again")
+        if row.status == "rejected":
             raise AdapterIntegrityError(f"adapter {version} is {row.status} and may not be served")
         return folder
 
@@ -181,17 +196,30 @@ class Registry:
             session.commit()
 
     def promote(self, version: str, actor: str = "system", action: str = "promote") -> None:
-        """Make `version` (or "base") the served one, in one transaction."""
+        """Make `version` (or "base") the served one, in one transaction.
+
+        Refuses (TaintedAdapterError) an adapter that is tainted or whose lineage holds a
+        forgotten document: a cycle that was training while a document was forgotten must not
+        bring it back. The row is locked, so a concurrent `taint` either comes first (refused
+        here) or sees this promotion (and moves serving off it).
+        """
         if version != BASE:
             self.verify(version)
         with Session(self.engine) as session:
+            if version != BASE:
+                target = session.get(Adapter, version, with_for_update=True)
+                gone = _forgotten(session, target)
+                if target.status == "tainted" or gone:
+                    session.rollback()
+                    if gone:
+                        self.taint([version], f"trained on forgotten documents {gone}")
+                    self.verify(version)  # raises TaintedAdapterError with the reason
             for row in session.exec(select(Adapter).where(Adapter.status == "promoted")).all():
                 row.status = "retired"
                 session.add(row)
             if version != BASE:
-                row = session.get(Adapter, version)
-                row.status = "promoted"
-                session.add(row)
+                target.status = "promoted"
+                session.add(target)
             session.add(Deployment(version=version, action=action, actor=actor))
             session.commit()
 
@@ -200,6 +228,64 @@ class Registry:
         with Session(self.engine) as session:
             history = session.exec(select(Deployment).order_by(Deployment.id.desc())).all()
         current = history[0].version if history else BASE
-        previous = next((d.version for d in history[1:] if d.version != current), BASE)
+        tainted = {row.version for row in self.list() if row.status == "tainted"}
+        previous = next(
+            (d.version for d in history[1:] if d.version not in {current, *tainted}), BASE
+        )
         self.promote(previous, actor=actor, action="rollback")
         return previous
+
+    def taint(self, versions: list[str], reason: str, actor: str = "system") -> str:
+        """Mark `versions` tainted for good; returns the version served afterwards.
+
+        If the served adapter is among them, its newest clean ancestor (or "base") becomes the
+        served one in the same transaction (a Deployment row with action "forget"), so serving
+        converges off it at the next poll or reload.
+        """
+        doomed = set(versions)
+        current = self.served_version()
+        replacement = self._clean_ancestor(current, doomed) if current in doomed else BASE
+        with Session(self.engine) as session:
+            for version in sorted(doomed):
+                row = session.get(Adapter, version, with_for_update=True)
+                if row is None:
+                    raise NotFoundError(f"no adapter {version!r}")
+                if row.status != "tainted":
+                    metrics = json.loads(row.metrics_json)
+                    metrics["tainted"] = {"reason": reason, "at": utcnow().isoformat()}
+                    row.status, row.metrics_json = "tainted", json.dumps(metrics)
+                    session.add(row)
+            last = session.exec(select(Deployment).order_by(Deployment.id.desc()).limit(1)).first()
+            served = last.version if last else BASE
+            if served in doomed:
+                if served != current:  # promoted meanwhile: the base model is always clean
+                    replacement = BASE
+                if replacement != BASE:
+                    clean = session.get(Adapter, replacement)
+                    clean.status = "promoted"
+                    session.add(clean)
+                session.add(Deployment(version=replacement, action=FORGET, actor=actor))
+                served = replacement
+            session.commit()
+        return served
+
+    def _clean_ancestor(self, version: str, doomed: set[str]) -> str:
+        """The newest ancestor of `version` (itself unless doomed) that may be served, or base."""
+        while version != BASE:
+            row = self.get(version)
+            if version not in doomed:
+                try:
+                    self.verify(version)
+                    return version
+                except AdapterIntegrityError:  # tainted, rejected or damaged: look further up
+                    pass
+            version = row.parent_version or BASE
+        return BASE
+
+
+def _forgotten(session: Session, adapter: Adapter) -> list[int]:
+    ids = [i for i in json.loads(adapter.documents_json) if isinstance(i, int)]
+    if not ids:
+        return []
+    query = select(Document.id).where(col(Document.id).in_(ids), Document.status == DELETED)
+    return sorted(i for i in session.exec(query) if i is not None)

@@ -1,6 +1,7 @@
 """The nightly schedule: APScheduler 3.x with its job store in the application database.
 
     protege schedule            # runs until stopped, one cycle per cron tick
+    schedule.in_server: true    # or: `protege serve` runs the same job (start_in_server)
 
 `coalesce` folds missed ticks into one run, `max_instances=1` keeps one cycle per scheduler, and
 `misfire_grace_time` lets a scheduler that was down at the tick still run it when it comes back.
@@ -35,6 +36,11 @@ def scheduled_cycle(profile: str) -> None:
     except CycleBusyError as exc:  # another scheduler (or `train --now`) got there first
         log.warning("scheduled cycle skipped: %s", exc)
         return
+    except Exception as exc:  # the run's row holds the same message
+        from learner.failures import describe_failure
+
+        log.error("scheduled cycle failed: %s", describe_failure(exc, load_settings(profile)))
+        return
     log.info("scheduled cycle: run %s %s: %s", result.run_id, result.status, result.message)
 
 
@@ -67,4 +73,18 @@ def build_scheduler(settings: Settings, *, blocking: bool = True) -> BaseSchedul
         kwargs={"profile": settings.profile},
         replace_existing=True,
     )
+    return scheduler
+
+
+def start_in_server(settings: Settings) -> BaseScheduler | None:
+    """With `schedule.in_server`, start the nightly job in this (server) process's background.
+
+    Same job store and job as `protege schedule`; the caller shuts it down. The cycle then
+    trains inside the serving process, sharing its CPU/GPU with the chats it answers.
+    """
+    if not settings.schedule.in_server:
+        return None
+    scheduler = build_scheduler(settings, blocking=False)
+    scheduler.start()
+    log.info("scheduler started in the server: cron %r", settings.schedule.cron)
     return scheduler

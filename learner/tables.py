@@ -30,7 +30,7 @@ class Deployment(SQLModel, table=True):
 
     id: int | None = Field(default=None, primary_key=True)
     version: str  # adapter version, or "base" for no adapter
-    action: str  # "promote" | "rollback"
+    action: str  # "promote" | "rollback" | "forget" (moved off a tainted adapter)
     actor: str = "system"
     created_at: datetime = Field(default_factory=utcnow)
 

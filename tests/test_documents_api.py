@@ -15,6 +15,7 @@ import pytest
 from knowledge_docgen import make_docx, make_pdf, zip_bomb_docx
 
 from assistant.app import create_app
+from assistant.auth import create_key
 from assistant.server import serve_in_thread
 from knowledge.settings import KnowledgeConfig, ModelsConfig, ServingConfig, Settings
 
@@ -39,22 +40,31 @@ def served(sandbox_test, tmp_path_factory):
         knowledge=KnowledgeConfig(chunk_tokens=48, chunk_overlap=8, max_upload_bytes=300_000),
     )
     app = create_app(settings)
+    # Who uploads and which groups search sees come from API keys (tests/test_auth.py: refusals).
+    keys = {name: create_key(app.state.db, name, role="admin").secret for name in ("ana", "bo")}
+    keys["hr"] = create_key(app.state.db, "hella", role="user", groups=["hr"]).secret
     with serve_in_thread(app) as url:
-        yield SimpleNamespace(url=url, settings=settings, app=app)
+        yield SimpleNamespace(url=url, settings=settings, app=app, keys=keys)
+
+
+def bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
 
 
 @pytest.fixture
-def http(served):
-    with httpx.Client(base_url=served.url, timeout=120) as client:
-        yield client
+def http(served):  # as the admin "ana"
+    with httpx.Client(base_url=served.url, timeout=120, headers=bearer(served.keys["ana"])) as c:
+        yield c
 
 
-def upload(http: httpx.Client, name: str, data: bytes, **form: str) -> httpx.Response:
-    return http.post("/v1/documents", files={"file": (name, data)}, data=form)
+def upload(
+    http: httpx.Client, name: str, data: bytes, headers: dict | None = None, **form: str
+) -> httpx.Response:
+    return http.post("/v1/documents", files={"file": (name, data)}, data=form, headers=headers)
 
 
 def test_upload_list_show_version_search_delete(http: httpx.Client, served) -> None:
-    travel = upload(http, "travel.pdf", PDF, uploaded_by="ana")
+    travel = upload(http, "travel.pdf", PDF)
     assert travel.status_code == 201, travel.text
     body = travel.json()
     assert body["created"] and body["title"] == "Travel policy" and body["version"] == 1
@@ -71,19 +81,19 @@ def test_upload_list_show_version_search_delete(http: httpx.Client, served) -> N
         same.status_code == 200 and same.json()["id"] == body["id"] and not same.json()["created"]
     )
 
-    # Search: ACL from the body, citations in every hit.
+    # Search: ACL from the key's groups (an admin key without groups too), citations in every hit.
     hits = http.post("/v1/search", json={"query": "hotel price per night", "k": 1}).json()["data"]
     assert hits[0]["name"] == "travel.pdf" and hits[0]["heading"] == "Hotels"
     assert hits[0]["page_start"] == hits[0]["page_end"] == 2
     question = {"query": "salary of engineering level 3", "k": 5}
     public = http.post("/v1/search", json=question).json()["data"]
     assert all(h["name"] != "salaries.docx" for h in public)
-    hr = http.post("/v1/search", json={**question, "groups": ["hr"]}).json()["data"]
+    hr = http.post("/v1/search", json=question, headers=bearer(served.keys["hr"])).json()["data"]
     assert hr[0]["name"] == "salaries.docx" and hr[0]["heading"] == "Salary bands"
 
     # A new version under the same name; the listing shows both, the search the new one only.
     newer = make_pdf([("Hotels", "Hotels may now cost up to 210 euros a night. " * 3)])
-    v2 = upload(http, "travel.pdf", newer, uploaded_by="bo")
+    v2 = upload(http, "travel.pdf", newer, headers=bearer(served.keys["bo"]))
     assert v2.status_code == 201 and v2.json()["version"] == 2
     assert v2.json()["replaced_id"] == body["id"]
     listed = {d["name"]: d for d in http.get("/v1/documents").json()["data"]}
@@ -98,7 +108,7 @@ def test_upload_list_show_version_search_delete(http: httpx.Client, served) -> N
     hits = http.post("/v1/search", json={"query": "hotel price per night", "k": 3}).json()["data"]
     assert {h["document_id"] for h in hits} == {v2.json()["id"]}
 
-    gone = http.delete(f"/v1/documents/{v2.json()['id']}", params={"deleted_by": "dpo"})
+    gone = http.delete(f"/v1/documents/{v2.json()['id']}")
     assert gone.status_code == 200
     assert sorted(gone.json()["deleted"]) == sorted([body["id"], v2.json()["id"]])
     assert http.get(f"/v1/documents/{body['id']}").status_code == 404
@@ -134,3 +144,5 @@ def test_bad_requests(http: httpx.Client) -> None:
     assert http.post("/v1/search", json={"query": ""}).status_code == 422
     assert http.post("/v1/search", json={"query": "x", "k": 0}).status_code == 422
     assert http.post("/v1/search", json={"query": "x", "user": "me"}).status_code == 422
+    # groups come from the key: a body asking for other groups is refused, not half-trusted
+    assert http.post("/v1/search", json={"query": "x", "groups": ["hr"]}).status_code == 422

@@ -43,7 +43,7 @@ def tiny_settings(home, manifest) -> Settings:
             gate=GateConfig(ifeval_margin=1.0, qa_tolerance=1.0),
             eval=EvalConfig(max_new_tokens=8, batch_size=64),
         ),
-        serving=ServingConfig(max_new_tokens=8, registry_poll_seconds=3600),
+        serving=ServingConfig(max_new_tokens=8, registry_poll_seconds=3600, auth="open"),
     )
 
 

@@ -55,7 +55,7 @@ def _server(student_dir: Path, home: Path, poll_seconds: float = 3600) -> Iterat
         home=home,
         models=ModelsConfig(student=str(student_dir)),
         serving=ServingConfig(
-            max_new_tokens=16, registry_poll_seconds=poll_seconds, retrieval=False
+            max_new_tokens=16, registry_poll_seconds=poll_seconds, retrieval=False, auth="open"
         ),
     )
     registry = Registry(settings)

