@@ -103,6 +103,16 @@ def _train(settings: Settings, args: argparse.Namespace) -> int:
     return 0 if result.status in {"succeeded", "skipped"} else 1
 
 
+def _open_book_passages(settings: Settings):  # noqa: ANN202
+    """Retrieval for open-book QA (company documents, as serving grounds); None: nothing ingested."""
+    from knowledge.store import KnowledgeStore
+
+    store = KnowledgeStore(settings)
+    if not store.list_documents():
+        return None
+    return lambda question: [hit.text for hit in store.retrieve(question)]
+
+
 def _eval(settings: Settings, args: argparse.Namespace) -> int:
     from learner.evals.evaluate import evaluate_model
     from learner.loading import load_student
@@ -113,6 +123,7 @@ def _eval(settings: Settings, args: argparse.Namespace) -> int:
         tokenizer,
         qa_file=args.qa,
         ifeval_file=args.ifeval,
+        passages_for=_open_book_passages(settings) if args.qa else None,
         max_new_tokens=settings.learner.eval.max_new_tokens,
         batch_size=settings.learner.eval.batch_size,
         limit=args.limit,

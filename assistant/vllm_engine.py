@@ -36,7 +36,13 @@ from typing import Any
 import httpx
 
 from assistant.engine import GenerationParams, GenerationResult, Message
-from knowledge.errors import BadInputError, ConfigError, NotFoundError, ProtegeError
+from knowledge.errors import (
+    BadInputError,
+    ConfigError,
+    NotFoundError,
+    ProtegeError,
+    UpstreamUnavailableError,
+)
 from knowledge.settings import Settings
 from learner.generation import chat_prompt
 from learner.modeling import load_tokenizer, resolve_model_ref, stop_token_ids
@@ -208,18 +214,19 @@ class VllmEngine:
         prompt_ids: list[int] | None,
         version: str,
     ) -> GenerationResult:
-        base = self._base_model()
         chat = prompt_ids is None
         if prompt_ids is None:
             with self._tokenizer_lock:
                 text = chat_prompt(self.tokenizer, messages)
                 prompt_ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
         body: dict[str, Any] = {
-            "model": name or base, "prompt": prompt_ids, "max_tokens": params.max_tokens,
+            "model": name, "prompt": prompt_ids, "max_tokens": params.max_tokens,
             "temperature": params.temperature, "top_p": params.top_p,
             "stop": list(params.stop) or None, "stop_token_ids": self._stop_ids,
         }  # fmt: skip
         try:
+            base = self._base_model()  # the first call also checks the server's tokenizer
+            body["model"] = name or base
             if on_text is None:
                 reply = _json(self.http.post("/v1/completions", json=body), "complete")
                 text, finish = reply["choices"][0]["text"], reply["choices"][0]["finish_reason"]
@@ -227,7 +234,9 @@ class VllmEngine:
             else:
                 text, finish, usage = self._stream(body, on_text, strip=chat)
         except httpx.HTTPError as exc:
-            raise ProtegeError(f"vLLM server {self.base_url} unreachable: {exc}") from exc
+            raise UpstreamUnavailableError(
+                f"vLLM server {self.base_url} unreachable: {exc}"
+            ) from exc
         return GenerationResult(
             text.lstrip() if chat else text, usage["prompt_tokens"], usage["completion_tokens"],
             version, "stop" if finish == "stop" else "length",

@@ -95,3 +95,9 @@ class NoGPUError(ConfigError):
     """The profile asks for a CUDA GPU (`models.device: cuda`) and this host has none visible."""
 
     http_status = 503
+
+
+class UpstreamUnavailableError(ProtegeError):
+    """A server protege relies on (the vLLM engine's, a server teacher) cannot be reached."""
+
+    http_status = 503

@@ -122,6 +122,21 @@ class DistillConfig(_Section):
     prompts_file: str | None = (
         None  # JSONL of {"messages": [...]} or {"prompt": str}; sandbox: its own
     )
+    # The teacher scores answers to questions about the new documents with their retrieved chunks
+    # in its prompt; the student answers closed-book (learner/teachers/privileged.py). Off until
+    # a bench shows it helps.
+    privileged_context: bool = False
+    # Share of each step's OPD prompts that are questions about the new documents (sandbox: its
+    # training questions; otherwise written by the teacher from the chunks; learner/doc_questions.py).
+    doc_question_share: float = Field(0.0, ge=0.0, le=1.0)
+
+    @model_validator(mode="after")
+    def _doc_questions_need_context(self) -> DistillConfig:
+        # Without the passages the teacher (the model before mid-training) does not know the new
+        # documents: OPD on questions about them would pull the student back to not knowing.
+        if self.doc_question_share > 0 and not self.privileged_context:
+            raise ValueError("doc_question_share > 0 needs privileged_context: true")
+        return self
 
 
 class GateConfig(_Section):

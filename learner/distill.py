@@ -5,6 +5,10 @@ returns the log-prob of every sampled token in one forward pass; the per-token a
 `-kl_coef * (logp_student - logp_teacher)` (reverse KL; discount 0 by default); the update
 minimises the importance-sampling policy-gradient loss over completion tokens.
 
+Questions about the new documents (`doc_prompts`, learner/doc_questions.py) fill
+`doc_question_share` of each step's prompts; with `privileged_context` the teacher scores their
+answers with the retrieved passages in its prompt (learner/teachers/privileged.py).
+
     stats = main(peft_model, tokenizer, teacher, prompts, settings.learner.distill)
 """
 
@@ -26,6 +30,7 @@ from learner.losses import importance_sampling_loss, mean_reverse_kl, reverse_kl
 from learner.sampling import LocalSampler, Sampler
 from learner.scoring import sequence_logprobs
 from learner.teachers import Teacher
+from learner.teachers.privileged import ContextPrompt, Passages, logprobs_with_context
 
 
 def main(
@@ -38,6 +43,7 @@ def main(
     sampler: Sampler | None = None,
     log: Callable[[dict], None] | None = None,
     progress: bool = True,
+    doc_prompts: list[ContextPrompt] | None = None,
 ) -> dict:
     """Train the model's active adapter in place; returns summary stats."""
     if not prompts:
@@ -51,13 +57,25 @@ def main(
     )  # constant LR, as the reference
     timings = {"sample": 0.0, "teacher": 0.0, "update": 0.0}
     student_tokens, kls = 0, []
+    doc_prompts = doc_prompts or []
+    n_doc = min(len(doc_prompts), round(cfg.doc_question_share * cfg.prompts_per_step))
     bar = tqdm(range(cfg.steps), desc="distill (OPD)", unit="step", disable=not progress)
     for step in bar:
-        batch_prompts = rng.sample(prompts, min(cfg.prompts_per_step, len(prompts)))
+        batch_prompts = rng.sample(prompts, min(cfg.prompts_per_step - n_doc, len(prompts)))
+        contexts: list[Passages | None] = [None] * len(batch_prompts)
+        if n_doc:
+            docs = rng.sample(doc_prompts, n_doc)
+            batch_prompts += [d.messages for d in docs]
+            contexts += [d.passages if cfg.privileged_context else None for d in docs]
         t0 = time.perf_counter()
         batch = sampler.sample(batch_prompts, cfg.group_size, cfg.temperature, cfg.max_new_tokens)
         t1 = time.perf_counter()
-        teacher_lp_B_T = teacher.logprobs(batch)
+        if any(contexts):
+            rows = batch.prompt_index_B  # each sampled row's prompt and context
+            prompts_B, contexts_B = [batch_prompts[i] for i in rows], [contexts[i] for i in rows]
+            teacher_lp_B_T = logprobs_with_context(teacher, tokenizer, batch, prompts_B, contexts_B)
+        else:
+            teacher_lp_B_T = teacher.logprobs(batch)
         t2 = time.perf_counter()
         mask_B_T = batch.completion_mask_B_T
         advantages_B_T = reverse_kl_advantages(
@@ -96,6 +114,9 @@ def main(
     return {
         "distill_steps": cfg.steps,
         "distill_teacher": teacher.name,
+        "distill_doc_prompts": len(doc_prompts),
+        "distill_doc_prompts_per_step": n_doc,
+        "distill_privileged_context": cfg.privileged_context and n_doc > 0,
         "distill_reverse_kl_first": kls[0] if kls else None,
         "distill_reverse_kl_last": kls[-1] if kls else None,
         "distill_student_tokens": student_tokens,

@@ -33,6 +33,7 @@ from knowledge.store import KnowledgeStore
 from knowledge.tables import utcnow
 from learner import distill, midtrain
 from learner.datasets import eligible_documents, eval_sets, training_prompts
+from learner.doc_questions import doc_question_prompts, teacher_writer
 from learner.evals.evaluate import evaluate_model
 from learner.failures import describe_failure, require_gpu
 from learner.forgetting import rebuild_reason
@@ -155,14 +156,17 @@ def notify_serving(settings: Settings) -> str:
         )
 
 
-def _evaluate(settings: Settings, model, tokenizer, sets, progress: bool) -> dict:  # noqa: ANN001
+def _evaluate(settings: Settings, model, tokenizer, sets, progress: bool, store) -> dict:  # noqa: ANN001
+    """Closed-book QA, open-book QA (the store's company chunks in the prompt), IFEval, known QA."""
     cfg = settings.learner.eval
+    top_k = settings.knowledge.top_k
     return evaluate_model(
         model,
         tokenizer,
         qa_file=sets.qa_file,
         ifeval_file=sets.ifeval_file,
         known_qa_file=sets.known_qa_file,
+        passages_for=lambda question: [hit.text for hit in store.retrieve(question, top_k)],
         max_new_tokens=cfg.max_new_tokens,
         batch_size=cfg.batch_size,
         progress=progress,
@@ -232,12 +236,12 @@ def _cycle(
         run.metric({"stage": "sources", **run.summary["sources"]})
 
         with run.stage("evaluate_before"):
-            before = _evaluate(settings, model, tokenizer, sets, progress)
+            before = _evaluate(settings, model, tokenizer, sets, progress, store)
             if start == BASE:
                 base = before
             else:
                 with model.disable_adapter():
-                    base = _evaluate(settings, model, tokenizer, sets, progress)
+                    base = _evaluate(settings, model, tokenizer, sets, progress, store)
             run.metric({"stage": "evaluate_before", "served": before, "base": base})
 
         with run.stage("midtrain"):
@@ -269,10 +273,17 @@ def _cycle(
                 settings.learner.seed,
                 log=run.metric,
                 progress=progress,
+                doc_prompts=doc_question_prompts(
+                    settings,
+                    store,
+                    new_docs,
+                    sets,
+                    teacher_writer(teacher, model, tokenizer, settings.learner.eval.max_new_tokens),
+                ),
             )
 
         with run.stage("evaluate"):
-            after = _evaluate(settings, model, tokenizer, sets, progress)
+            after = _evaluate(settings, model, tokenizer, sets, progress, store)
             ok, why = passes_gate(settings, before, base, after)
             run.metric({"stage": "evaluate", "candidate": after, "gate": why})
 

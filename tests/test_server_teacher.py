@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from collections.abc import Iterator
 from types import SimpleNamespace
@@ -12,13 +13,16 @@ from types import SimpleNamespace
 import pytest
 import torch
 from test_completions import perturbed_lora, register
+from test_e2e import tiny_settings
 
 from assistant.app import create_app
 from assistant.server import serve_in_thread
 from knowledge.errors import ConfigError, IncompatibleTeacherError, ProtegeError
 from knowledge.settings import DistillConfig, ModelsConfig, ServingConfig, Settings
+from knowledge.store import KnowledgeStore
 from learner import distill
 from learner.modeling import load_tokenizer
+from learner.pipeline import run_cycle
 from learner.registry import Registry
 from learner.sampling import LocalSampler, SampleBatch
 from learner.sandbox.tokenizer import train_tokenizer
@@ -131,3 +135,14 @@ def test_teacher_refs_are_parsed_or_refused():
 def test_unreachable_teacher_says_so(student):
     with pytest.raises(ProtegeError, match="unreachable"):
         ServerTeacher("http://127.0.0.1:9/v1", None, student.tokenizer, timeout=2)
+
+
+def test_nightly_cycle_distills_from_the_vllm_teacher(vllm_teacher_url, sandbox_test, tmp_path):
+    settings = tiny_settings(tmp_path, sandbox_test)
+    settings.models.teacher = f"server:{vllm_teacher_url}/v1"
+    KnowledgeStore(settings).ingest_paths(sorted(sandbox_test.days[0].documents_dir.glob("*.md")))
+    result = run_cycle(settings, progress=False, notify=False)
+    assert result.status == "succeeded", result.message
+    metrics = json.loads(Registry(settings).get(result.version).metrics_json)
+    assert metrics["distill_teacher"] == f"server:{vllm_teacher_url}/v1#{sandbox_test.student_dir}"
+    assert metrics["distill_reverse_kl_first"] is not None

@@ -1,16 +1,21 @@
-"""Evaluate a (possibly LoRA-adapted) model: closed-book QA, IFEval, known-entity QA, in-context QA.
+"""Evaluate a (possibly LoRA-adapted) model: closed- and open-book QA, IFEval, known-entity QA,
+in-context QA.
 
     metrics = evaluate_model(model, tokenizer, qa_file=day.qa_file, ifeval_file=day.ifeval_file,
-                             known_qa_file=m.known_qa_file, incontext_qa_file=m.incontext_qa_file)
+                             known_qa_file=m.known_qa_file, incontext_qa_file=m.incontext_qa_file,
+                             passages_for=lambda q: [h.text for h in store.retrieve(q)])
 
 All generation is greedy through learner.generation.generate_texts (a PeftModel with an active
 adapter works as is). QA is scored by normalised containment (learner.evals.qa), IFEval by
-learner.evals.ifeval (strict and loose).
+learner.evals.ifeval (strict and loose). Open-book QA asks the QA questions with the passages
+`passages_for(question)` returns (retrieval from the knowledge store) in the prompt, in the format
+serving grounds a question with (knowledge.prompting).
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +70,7 @@ def evaluate_model(
     ifeval_file: Path | str | None = None,
     known_qa_file: Path | str | None = None,
     incontext_qa_file: Path | str | None = None,
+    passages_for: Callable[[str], list[str]] | None = None,
     max_new_tokens: int = 64,
     batch_size: int = 32,
     limit: int | None = None,
@@ -73,7 +79,8 @@ def evaluate_model(
     """Fractions in [0, 1] (and item counts `n_*`) for every file given.
 
     Keys: qa_closed_book, n_qa, ifeval_strict, ifeval_loose, n_ifeval (always present; 0 when the
-    file is not given) and known_qa, n_known_qa, incontext_qa, n_incontext_qa when those files are.
+    file is not given), qa_open_book when `passages_for` is given with the QA file, and known_qa,
+    n_known_qa, incontext_qa, n_incontext_qa when those files are.
     """
     gen = {"max_new_tokens": max_new_tokens, "batch_size": batch_size, "progress": progress}
     metrics: dict[str, float] = {}
@@ -87,6 +94,12 @@ def evaluate_model(
         metrics[key], metrics[n_key] = correct / max(1, len(rows)), float(len(rows))
 
     closed_book(qa_file, "qa_closed_book", "n_qa")
+    if qa_file and passages_for is not None:
+        rows = read_jsonl(qa_file, limit)
+        users = [grounded_user_message(r["question"], passages_for(r["question"])) for r in rows]
+        answers = _generate(model, tokenizer, users, "qa_open_book", **gen) if rows else []
+        correct = sum(qa_correct(a, r["answer"]) for a, r in zip(answers, rows, strict=True))
+        metrics["qa_open_book"] = correct / max(1, len(rows))
     items = read_jsonl(ifeval_file, limit) if ifeval_file else []
     responses = (
         _generate(model, tokenizer, [i["prompt"] for i in items], "ifeval", **gen) if items else []

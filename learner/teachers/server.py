@@ -31,7 +31,12 @@ import httpx
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from knowledge.errors import ConfigError, IncompatibleTeacherError, ProtegeError
+from knowledge.errors import (
+    ConfigError,
+    IncompatibleTeacherError,
+    ProtegeError,
+    UpstreamUnavailableError,
+)
 from learner.generation import Message, chat_prompt
 from learner.sampling import SampleBatch
 
@@ -118,7 +123,9 @@ class ServerTeacher:
             check_server_tokenizer(self.http, self.model, student_tokenizer, self.root_url)
         except httpx.HTTPError as exc:
             self.http.close()
-            raise ProtegeError(f"teacher server {self.base_url} unreachable: {exc}") from exc
+            raise UpstreamUnavailableError(
+                f"teacher server {self.base_url} unreachable: {exc}"
+            ) from exc
         except Exception:
             self.http.close()
             raise
@@ -158,7 +165,11 @@ class ServerTeacher:
             "temperature": 0.0,
             "prompt_logprobs": 0,
         }
-        choices = sorted(_json(self.http.post("/completions", json=body), "score")["choices"],
+        try:
+            response = self.http.post("/completions", json=body)
+        except httpx.HTTPError as exc:
+            raise UpstreamUnavailableError(f"teacher server {self.base_url}: {exc}") from exc
+        choices = sorted(_json(response, "score")["choices"],
                          key=lambda c: c["index"])  # fmt: skip
         if len(choices) != len(prompts):
             raise ProtegeError(f"teacher answered {len(choices)} choices for {len(prompts)}")
