@@ -5,8 +5,11 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
+from knowledge.prompting import grounded_user_message
 from learner.evals.evaluate import evaluate_model
 from learner.evals.qa import normalize, qa_correct
 from learner.modeling import load_causal_lm, load_tokenizer
@@ -60,3 +63,52 @@ def test_evaluate_model_keys_and_ranges(sandbox_test: SandboxManifest) -> None:
         model, tokenizer, qa_file=day.qa_file, limit=2, max_new_tokens=8, progress=False
     )
     assert set(only_qa) == {"qa_closed_book", "n_qa", "ifeval_strict", "ifeval_loose", "n_ifeval"}
+
+
+def test_open_book_qa_asks_with_the_retrieved_passages(
+    sandbox_test: SandboxManifest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import torch
+
+    import learner.evals.evaluate as evaluate
+
+    model = load_causal_lm(sandbox_test.student_dir, torch.device("cpu"))
+    tokenizer = load_tokenizer(sandbox_test.student_dir)
+    day = sandbox_test.days[0]
+    rows = [json.loads(line) for line in day.qa_file.read_text().splitlines()[:4]]
+    prompts: dict[str, list[str]] = {}
+    real_generate = evaluate._generate
+
+    def recording_generate(model, tokenizer, users, desc, **kwargs):  # noqa: ANN001, ANN202
+        prompts[desc] = users
+        return real_generate(model, tokenizer, users, desc, **kwargs)
+
+    monkeypatch.setattr(evaluate, "_generate", recording_generate)
+    asked: list[str] = []
+
+    def passages_for(question: str) -> list[str]:
+        asked.append(question)
+        return [f"Passage about {question}", "Another passage."]
+
+    metrics = evaluate_model(
+        model,
+        tokenizer,
+        qa_file=day.qa_file,
+        passages_for=passages_for,
+        limit=4,
+        max_new_tokens=8,
+        progress=False,
+    )
+    assert asked == [r["question"] for r in rows]
+    assert prompts["qa_open_book"] == [
+        grounded_user_message(q, [f"Passage about {q}", "Another passage."]) for q in asked
+    ]
+    assert prompts["qa_closed_book"] == asked
+    assert 0.0 <= metrics["qa_open_book"] <= 1.0 and metrics["n_qa"] == 4.0
+
+    nothing = evaluate_model(
+        model, tokenizer, qa_file=day.qa_file, passages_for=lambda q: [], limit=4,
+        max_new_tokens=8, progress=False,
+    )  # fmt: skip
+    # no passages found: the open-book prompt is the bare question, so the same greedy answers
+    assert nothing["qa_open_book"] == nothing["qa_closed_book"]

@@ -63,7 +63,7 @@ def _naive(model, tokenizer, messages, passages, completion_ids) -> torch.Tensor
     """The teacher's log-probs of the completion, its sequence built by hand, one unpadded row."""
     if passages:
         question = messages[-1]["content"]
-        pass
+        messages = [{"role": "user", "content": grounded_user_message(question, passages)}]
     prompt_ids = tokenizer(chat_prompt(tokenizer, messages), add_special_tokens=False)["input_ids"]
     ids = torch.tensor([prompt_ids + completion_ids.tolist()])
     with torch.no_grad():
