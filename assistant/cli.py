@@ -142,12 +142,17 @@ def _adapters(settings: Settings, args: argparse.Namespace) -> int:
     from learner.registry import Registry
 
     registry = Registry(settings)
+    before = registry.served_version()
     if args.action == "promote":
         registry.promote(args.version, actor="cli")
         print(f"promoted {args.version}")
     elif args.action == "rollback":
         print(f"rolled back; now serving {registry.rollback(actor='cli')}")
     served = registry.served_version()
+    if served != before:  # the notified server swaps now; other replicas at their next poll
+        from learner.pipeline import notify_serving
+
+        print(notify_serving(settings))
     print(f"{'version':8} {'status':9} {'qa':>6} {'ifeval':>7} {'parent':8} created")
     for row in registry.list():
         m = json.loads(row.metrics_json)

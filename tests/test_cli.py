@@ -67,6 +67,17 @@ def test_eval_prints_scores_as_json(cli, sandbox_test):
     assert EVAL_KEYS <= scores.keys() and scores["adapter"] == "base"
     assert all(0.0 <= scores[k] <= 1.0 for k in ("qa_closed_book", "ifeval_strict", "ifeval_loose"))
     assert scores["n_qa"] == 6 and scores["n_ifeval"] == 6
+    assert "qa_open_book" not in scores  # nothing ingested: no retrieval to read from
+
+
+def test_eval_adds_open_book_qa_once_documents_are_ingested(cli, sandbox_test):
+    day = sandbox_test.days[0]
+    ingest = cli("ingest", str(day.documents_dir))
+    assert ingest.returncode == 0, ingest.stderr
+    out = cli("eval", "--qa", str(day.qa_file), "--adapter", "base", "--limit", "4", "--json")
+    assert out.returncode == 0, out.stderr
+    scores = json.loads(out.stdout)
+    assert 0.0 <= scores["qa_open_book"] <= 1.0 and 0.0 <= scores["qa_closed_book"] <= 1.0
 
 
 def test_adapters_list_and_errors(cli):

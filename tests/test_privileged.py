@@ -5,13 +5,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 import torch
 from peft import LoraConfig, get_peft_model
 from pydantic import ValidationError
 
+from assistant.app import create_app
+from assistant.server import serve_in_thread
 from knowledge.prompting import grounded_user_message
-from knowledge.settings import DistillConfig
+from knowledge.settings import DistillConfig, ModelsConfig, ServingConfig, Settings
 from learner import distill
 from learner.datasets import read_jsonl
 from learner.generation import chat_prompt
@@ -20,6 +24,7 @@ from learner.sampling import LocalSampler, SampleBatch
 from learner.teachers.base import BaseModelTeacher
 from learner.teachers.local import LocalTeacher
 from learner.teachers.privileged import ContextPrompt, logprobs_with_context, teacher_view
+from learner.teachers.server import ServerTeacher
 
 CPU = torch.device("cpu")
 
@@ -54,6 +59,18 @@ def questions(sandbox_test):
     return prompts, passages
 
 
+@pytest.fixture(scope="module")
+def served_base(sandbox_test, tmp_path_factory) -> Iterator[str]:
+    """protege serving the sandbox student's base weights (no adapter): a server teacher."""
+    settings = Settings(
+        home=tmp_path_factory.mktemp("privileged-teacher"),
+        models=ModelsConfig(student=str(sandbox_test.student_dir)),
+        serving=ServingConfig(registry_poll_seconds=3600, retrieval=False, auth="open"),
+    )
+    with serve_in_thread(create_app(settings)) as url:
+        yield f"{url}/v1"
+
+
 def _sample(model, tokenizer, prompts) -> SampleBatch:
     torch.manual_seed(1)
     return LocalSampler(model, tokenizer).sample(prompts, n=2, temperature=1.0, max_tokens=10)
@@ -72,17 +89,21 @@ def _naive(model, tokenizer, messages, passages, completion_ids) -> torch.Tensor
     return lp[-len(completion_ids) :]
 
 
-@pytest.mark.parametrize("kind", ["base", "local"])
-def test_context_teacher_matches_a_naive_reference(sandbox_test, student, questions, kind):
+@pytest.mark.parametrize("kind", ["base", "local", "server"])
+def test_context_teacher_matches_a_naive_reference(sandbox_test, student, questions, kind, request):
     model, tokenizer = student
     prompts, passages = questions
     batch = _sample(model, tokenizer, prompts)
     mask_before, sequences_before = batch.completion_mask_B_T.clone(), batch.sequences_B_T.clone()
     if kind == "base":
         teacher, reference = BaseModelTeacher(model), load_causal_lm(sandbox_test.student_dir, CPU)
-    else:
+    elif kind == "local":
         teacher = LocalTeacher(str(sandbox_test.student_dir), tokenizer, CPU, "float32")
         reference = teacher.model
+    else:
+        teacher = ServerTeacher(request.getfixturevalue("served_base"), None, tokenizer)
+        reference = load_causal_lm(sandbox_test.student_dir, CPU)
+    atol = 1e-3 if kind == "server" else 1e-4  # the server computes in its own batches
     # rows of prompt 0 and 2 get the passages, prompt 1's rows none (a mixed batch)
     contexts = [passages, None, passages]
     rows = batch.prompt_index_B
@@ -102,13 +123,15 @@ def test_context_teacher_matches_a_naive_reference(sandbox_test, student, questi
         assert torch.equal(view.sequences_B_T[b][view.completion_mask_B_T[b]], completion)
         expected = _naive(reference, tokenizer, prompts_B[b], contexts_B[b], completion)
         got = with_ctx[b][batch.completion_mask_B_T[b]]
-        torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(got, expected, atol=atol, rtol=1e-4)
         if contexts_B[b] is None:  # no context: the same as scoring the student's own batch
             torch.testing.assert_close(
-                got, plain[b][batch.completion_mask_B_T[b]], atol=1e-4, rtol=0
+                got, plain[b][batch.completion_mask_B_T[b]], atol=atol, rtol=0
             )
         else:  # the passages change what the teacher expects
             assert (got - plain[b][batch.completion_mask_B_T[b]]).abs().max() > 1e-2
+    if kind == "server":
+        teacher.close()
 
 
 def test_without_contexts_the_view_is_the_student_batch(student, questions):
