@@ -45,7 +45,11 @@ def serve_fresh_adapter(profile: Path) -> Registry:
 
 CASES = [
     # point, what the dead run left behind in adapters/
+    ("stage:select", set()),
+    ("stage:evaluate_before", set()),
     ("stage:midtrain", set()),
+    ("stage:distill", set()),
+    ("stage:evaluate", set()),
     ("register:written", {"v0002.tmp"}),  # a complete folder never renamed into place
     ("register:renamed", {"v0002"}),  # renamed into place, no registry row yet
     ("stage:promote", {"v0002"}),  # registered as a candidate, not promoted
@@ -55,19 +59,10 @@ CASES = [
 @pytest.mark.slow
 @pytest.mark.parametrize(("point", "left_behind"), CASES, ids=[c[0] for c in CASES])
 def test_kill_in_stage_keeps_served_adapter_and_next_run_recovers(
-    point: str, left_behind: set[str], tmp_path: Path, sandbox_test, capsys
+    point: str, left_behind: set[str], db_url: str, tmp_path: Path, sandbox_test, capsys
 ) -> None:
-    crash_then_recover(point, left_behind, f"sqlite:///{tmp_path / 'protege.db'}", tmp_path, sandbox_test, capsys)  # fmt: skip
-
-
-@pytest.mark.slow
-@pytest.mark.postgres
-@pytest.mark.parametrize("point", ["stage:midtrain", "register:renamed", "stage:promote"])
-def test_kill_in_stage_on_postgres(
-    point: str, postgres_url: str, tmp_path: Path, sandbox_test, capsys
-) -> None:
-    left_behind = dict(CASES)[point]
-    crash_then_recover(point, left_behind, postgres_url, tmp_path, sandbox_test, capsys)
+    """Every stage, on SQLite and on PostgreSQL (the `db_url` fixture)."""
+    crash_then_recover(point, left_behind, db_url, tmp_path, sandbox_test, capsys)
 
 
 def crash_then_recover(point, left_behind, db_url, tmp_path, sandbox_test, capsys) -> None:  # noqa: ANN001
