@@ -1,129 +1,186 @@
-"""Bench: the reference table (mid-training erodes IF, OPD restores it) on the sandbox.
+"""Bench: the reference table (mid-training erodes IF, OPD restores it) on the sandbox, 3 seeds.
 
-    .venv/bin/python bench/personalization.py --size demo --rows base,mid100,mid70,mid70+opd,mid100+opd
+    .venv/bin/python bench/personalization.py --size demo --seeds 0,1,2
 
-Each row starts from the base student with a fresh LoRA, trains on the day-1 documents with the
-given recipe and evaluates: closed-book QA on day 1, IFEval (held out), QA on known entities.
-Prints a markdown table with student tokens sampled, teacher tokens scored and wall seconds.
-This is the first version used to choose the nightly default; the full bench of issue 3 (3 seeds,
-larger teacher, privileged context, SFT/RL comparisons) is not built yet.
+Every row starts from the base student (a fresh LoRA, or full fine-tuning for `:full` rows),
+trains on the day-1 documents with its recipe and is evaluated on closed-book QA about day 1,
+IFEval (held-out prompts) and QA about entities known before the cycle. Recipes:
+
+    base              no training
+    mid100            mid-train on 100% documents
+    mid70             mid-train on 70% documents / 30% chat re-sampled from the model (replay)
+    mid70+opd         mid70, then OPD with teacher = the model before mid-training (reference)
+    mid100+opd        mid100, then OPD (teacher = the model before mid-training)
+    mid100+opd:large  mid100, then OPD with the sandbox's larger teacher
+    mid100+opd:priv   mid100, then OPD where a share of prompts are questions about the new
+                      documents and the teacher reads the retrieved chunks (privileged context)
+    mid70:full        mid70 with full fine-tuning instead of LoRA (lr / 10, the usual ratio)
+
+Settings are the profile's (configs/sandbox.yaml); `--set section.key=value` overrides one.
+Prints per-seed rows as they finish, then mean ± spread over seeds with student tokens sampled,
+teacher tokens scored, wall seconds and the peak resident memory of each stage.
 """
 
 from __future__ import annotations
 
 import argparse
-import resource
-import time
+import json
+import tempfile
 from pathlib import Path
 
 import torch
-from peft import LoraConfig, get_peft_model
+from bench_common import StagePeaks, Timer, mean_spread, settings_from_args, student
 
-from knowledge.settings import load_settings
+from knowledge.settings import Settings
+from knowledge.store import KnowledgeStore
 from learner import distill, midtrain
-from learner.datasets import chat_prompts, opd_prompts, sandbox_manifest
+from learner.datasets import chat_prompts, opd_prompts, read_jsonl, sandbox_manifest
+from learner.doc_questions import with_passages
 from learner.evals.evaluate import evaluate_model
-from learner.modeling import load_causal_lm, load_tokenizer
+from learner.modeling import load_tokenizer
+from learner.sandbox.manifest import SandboxManifest
 from learner.teachers.base import BaseModelTeacher
+from learner.teachers.local import LocalTeacher
+
+ROWS = "base,mid100,mid70,mid70+opd,mid100+opd,mid100+opd:large,mid100+opd:priv,mid70:full"
+PRIVILEGED_SHARE = 0.25  # of each OPD step's prompts: questions about the new documents
 
 
-def _peak_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+def doc_prompts(settings: Settings, manifest: SandboxManifest, workdir: Path):  # noqa: ANN201
+    """The day-1 training questions with the chunks a real store retrieves for them."""
+    local = settings.model_copy(deep=True)
+    local.sandbox.dir = settings.sandbox_dir
+    local.home = workdir
+    store = KnowledgeStore(local)
+    day = manifest.days[0]
+    store.ingest_paths(sorted(Path(day.documents_dir).glob("*.md")))
+    questions = [r["question"] for r in read_jsonl(Path(day.train_questions_file))]
+    return with_passages(store, questions, settings.knowledge.top_k)
 
 
-def run_row(name: str, settings, manifest, documents, limit):  # noqa: ANN001, ANN201
-    torch.manual_seed(settings.learner.seed)
+def run_row(recipe: str, settings: Settings, manifest: SandboxManifest, seed: int, ctx: dict):  # noqa: ANN201
+    name, _, variant = recipe.partition(":")
+    full = variant == "full"
     tokenizer = load_tokenizer(manifest.student_dir)
-    model = load_causal_lm(manifest.student_dir, torch.device("cpu"), "float32")
-    lora = settings.learner.lora
-    model = get_peft_model(
-        model,
-        LoraConfig(
-            r=lora.rank,
-            lora_alpha=lora.alpha,
-            lora_dropout=0.0,
-            target_modules=lora.target_modules,
-            task_type="CAUSAL_LM",
-        ),
-    )
-    t0 = time.perf_counter()
-    stats: dict = {}
+    model = student(settings, manifest.student_dir, lora=not full, seed=seed)
+    peaks, stats, timer = StagePeaks(), {}, Timer()
     if name.startswith("mid"):
         cfg = settings.learner.midtrain.model_copy()
-        cfg.doc_fraction = (
-            1.0 if name.startswith("mid100") else settings.learner.midtrain.doc_fraction
-        )
-        stats |= midtrain.main(
-            model, tokenizer, documents, chat_prompts(settings), cfg, progress=True
-        )
+        cfg.doc_fraction = 1.0 if name.startswith("mid100") else cfg.doc_fraction
+        cfg.lr = cfg.lr / 10 if full else cfg.lr
+        with peaks.stage("midtrain"):
+            stats |= midtrain.main(
+                model, tokenizer, ctx["documents"], ctx["chat"], cfg, seed, progress=False
+            )
     if name.endswith("+opd"):
-        stats |= distill.main(
+        cfg = settings.learner.distill.model_copy()
+        extra: list = []
+        if variant == "large":
+            teacher = LocalTeacher(manifest.teacher_dir, tokenizer, torch.device("cpu"), "float32")
+        else:
+            teacher = BaseModelTeacher(model)
+        if variant == "priv":
+            cfg.privileged_context, cfg.doc_question_share = True, PRIVILEGED_SHARE
+            extra = ctx["doc_prompts"]
+        with peaks.stage("distill"):
+            stats |= distill.main(
+                model,
+                tokenizer,
+                teacher,
+                ctx["opd"],
+                cfg,
+                seed,
+                progress=False,
+                doc_prompts=extra,
+            )
+    seconds = timer.seconds
+    day = manifest.days[0]
+    with peaks.stage("evaluate"):
+        scores = evaluate_model(
             model,
             tokenizer,
-            BaseModelTeacher(model),
-            opd_prompts(settings),
-            settings.learner.distill,
-            progress=True,
+            qa_file=day.qa_file,
+            ifeval_file=day.ifeval_file,
+            known_qa_file=manifest.known_qa_file,
+            max_new_tokens=settings.learner.eval.max_new_tokens,
+            batch_size=settings.learner.eval.batch_size,
+            limit=ctx["limit"],
+            progress=False,
         )
-    seconds = time.perf_counter() - t0
-    day = manifest.days[0]
-    scores = evaluate_model(
-        model,
-        tokenizer,
-        qa_file=day.qa_file,
-        ifeval_file=day.ifeval_file,
-        known_qa_file=manifest.known_qa_file,
-        max_new_tokens=settings.learner.eval.max_new_tokens,
-        batch_size=settings.learner.eval.batch_size,
-        limit=limit,
-        progress=False,
-    )
-    student_tokens = stats.get("distill_student_tokens", 0)
+    tokens = stats.get("distill_student_tokens", 0)
     return {
-        "row": name,
-        **scores,
-        "student_tokens": student_tokens,
-        "teacher_tokens": student_tokens,
+        "row": recipe,
+        "seed": seed,
+        **{k: scores[k] for k in ("qa_closed_book", "ifeval_strict", "ifeval_loose", "known_qa")},
+        "student_tokens": tokens,
+        "teacher_tokens": tokens,  # the teacher scores every sampled token once
         "seconds": seconds,
-        "peak_mb": _peak_mb(),
+        "peak_mb": peaks.mb,
     }
 
 
+def summary(rows: list[dict], names: list[str]) -> str:
+    lines = [
+        "| row | QA day 1 | IFEval strict | earlier-days QA | student tok | teacher tok | "
+        "train s | peak MB (stage) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name in names:
+        group = [r for r in rows if r["row"] == name]
+        peaks: dict[str, float] = {}
+        for r in group:
+            for stage, mb in r["peak_mb"].items():
+                peaks[stage] = max(peaks.get(stage, 0.0), mb)
+        lines.append(
+            f"| {name} | {mean_spread([r['qa_closed_book'] for r in group])} "
+            f"| {mean_spread([r['ifeval_strict'] for r in group])} "
+            f"| {mean_spread([r['known_qa'] for r in group])} "
+            f"| {mean_spread([r['student_tokens'] for r in group], pct=False)} "
+            f"| {mean_spread([r['teacher_tokens'] for r in group], pct=False)} "
+            f"| {mean_spread([r['seconds'] for r in group], pct=False)} "
+            f"| {', '.join(f'{s} {mb:,.0f}' for s, mb in peaks.items())} |"
+        )
+    return "\n".join(lines)
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser()
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="sandbox")
-    parser.add_argument("--size", default=None)
-    parser.add_argument("--rows", default="base,mid100,mid70,mid70+opd,mid100+opd")
-    parser.add_argument("--limit", type=int, default=None)
+    parser.add_argument("--size", default="demo")
+    parser.add_argument("--rows", default=ROWS)
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--limit", type=int, default=None, help="eval items per set")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument(
-        "--set", action="append", default=[], help="learner override, e.g. midtrain.lr=1e-3"
-    )
+    parser.add_argument("--json", type=Path, default=None, help="also write every row here")
+    parser.add_argument("--set", action="append", default=[], help="e.g. midtrain.lr=1e-3")
     args = parser.parse_args()
-    settings = load_settings(args.config)
-    if args.size:
-        settings.sandbox.size = args.size
-    for item in args.set:
-        path, value = item.split("=", 1)
-        section, key = path.split(".")
-        target = getattr(settings.learner, section)
-        setattr(target, key, type(getattr(target, key))(value))
+    settings = settings_from_args(args.config, args.size, args.set)
     torch.set_num_threads(args.threads)
     manifest = sandbox_manifest(settings)
-    documents = [p.read_text() for p in sorted(Path(manifest.days[0].documents_dir).glob("*.md"))]
-    rows = [
-        run_row(name, settings, manifest, documents, args.limit) for name in args.rows.split(",")
-    ]
-    print(
-        "\n| row | QA day1 | IFEval strict | IFEval loose | known QA | student tok | teacher tok | s | peak MB |"
-    )
-    print("|---|---|---|---|---|---|---|---|---|")
-    for r in rows:
-        print(
-            f"| {r['row']} | {r['qa_closed_book']:.1%} | {r['ifeval_strict']:.1%} | {r['ifeval_loose']:.1%} | "
-            f"{r.get('known_qa', float('nan')):.1%} | {r['student_tokens']} | {r['teacher_tokens']} | "
-            f"{r['seconds']:.0f} | {r['peak_mb']:.0f} |"
-        )
+    names = args.rows.split(",")
+    day = manifest.days[0]
+    with tempfile.TemporaryDirectory() as workdir:
+        ctx = {
+            "documents": [p.read_text() for p in sorted(Path(day.documents_dir).glob("*.md"))],
+            "chat": chat_prompts(settings),
+            "opd": opd_prompts(settings),
+            "limit": args.limit,
+            "doc_prompts": (
+                doc_prompts(settings, manifest, Path(workdir))
+                if any(n.endswith(":priv") for n in names)
+                else []
+            ),
+        }
+        rows = []
+        for seed in (int(s) for s in args.seeds.split(",")):
+            for name in names:
+                row = run_row(name, settings, manifest, seed, ctx)
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=1))
+    print(f"\n{len(args.seeds.split(','))} seeds ({args.seeds}); mean ± standard deviation\n")
+    print(summary(rows, names))
 
 
 if __name__ == "__main__":

@@ -142,6 +142,8 @@ class DistillConfig(_Section):
 class GateConfig(_Section):
     ifeval_margin: float = 0.05  # candidate IFEval may be at most this far below the base model's
     qa_tolerance: float = 0.0  # candidate QA may be at most this far below the served adapter's
+    # QA on entities known before the cycle (earlier days' knowledge) may fall at most this much
+    known_qa_drop: float = 0.05
 
 
 class EvalConfig(_Section):

@@ -75,3 +75,16 @@ def mean_reverse_kl(
     mask = mask_B_T.to(student_logprobs_B_T.dtype)
     diff = (student_logprobs_B_T - teacher_logprobs_B_T) * mask
     return float(diff.sum() / mask.sum().clamp(min=1.0))
+
+
+def group_relative_advantages(
+    rewards_B: torch.Tensor, group_size: int, mask_B_T: torch.Tensor
+) -> torch.Tensor:
+    """RL baseline of the restore-cost bench: each sample's reward minus its group's mean reward
+    (the `group_size` answers to one prompt), broadcast over the sample's completion tokens.
+
+    Rows are grouped consecutively (rows b*group_size .. (b+1)*group_size-1 answer prompt b).
+    """
+    grouped_G_N = rewards_B.float().view(-1, group_size)
+    centred_B = (grouped_G_N - grouped_G_N.mean(dim=1, keepdim=True)).reshape(-1)
+    return (centred_B[:, None] * mask_B_T.to(centred_B.dtype)).detach()

@@ -119,7 +119,8 @@ class _RunLog:
 
 
 def passes_gate(settings: Settings, before: dict, base: dict, after: dict) -> tuple[bool, str]:
-    """QA not below the served adapter's (minus tolerance); IFEval within margin of the base."""
+    """QA not below the served adapter's (minus tolerance); IFEval within margin of the base;
+    QA on earlier knowledge (known entities) at most `known_qa_drop` below the served adapter's."""
     gate = settings.learner.gate
     reasons = []
     if (
@@ -133,6 +134,10 @@ def passes_gate(settings: Settings, before: dict, base: dict, after: dict) -> tu
     ):
         reasons.append(
             f"IFEval {after['ifeval_strict']:.3f} < base {base['ifeval_strict']:.3f} - {gate.ifeval_margin}"
+        )
+    if "known_qa" in after and after["known_qa"] < before.get("known_qa", 0.0) - gate.known_qa_drop:
+        reasons.append(
+            f"known QA {after['known_qa']:.3f} < served {before['known_qa']:.3f} - {gate.known_qa_drop}"
         )
     return (not reasons, "; ".join(reasons) or "passed")
 

@@ -34,7 +34,11 @@ def write_profile(
         or {
             "midtrain": {"epochs": 1, "batch_size": 8, "seq_len": 64, "warmup_steps": 1},
             "distill": {"steps": 1, "prompts_per_step": 2, "group_size": 2, "max_new_tokens": 4},
-            "gate": {"ifeval_margin": 1.0, "qa_tolerance": 1.0},  # mechanics only: promote
+            "gate": {
+                "ifeval_margin": 1.0,
+                "qa_tolerance": 1.0,
+                "known_qa_drop": 1.0,
+            },  # mechanics only: promote
             "eval": {"max_new_tokens": 4, "batch_size": 64},
         },
     }

@@ -194,7 +194,9 @@ def _memorising_settings(home, db_url, manifest) -> Settings:
                 epochs=60, lr=1e-2, batch_size=8, seq_len=64, warmup_steps=1, doc_fraction=1.0
             ),
             distill=DistillConfig(steps=1, prompts_per_step=2, group_size=2, max_new_tokens=8),
-            gate=GateConfig(ifeval_margin=1.0, qa_tolerance=1.0),  # mechanics, not quality
+            gate=GateConfig(
+                ifeval_margin=1.0, qa_tolerance=1.0, known_qa_drop=1.0
+            ),  # mechanics, not quality
             eval=EvalConfig(max_new_tokens=8, batch_size=64),
         ),
         serving=ServingConfig(max_new_tokens=8, registry_poll_seconds=3600),

@@ -5,8 +5,9 @@
 
 from __future__ import annotations
 
-import threading
+import gc
 import time
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -17,8 +18,10 @@ import pytest
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from sqlmodel import Session
+from swap_load import swap_under_load
 
 from assistant.app import create_app
+from assistant.embedded_engine import EmbeddedEngine
 from assistant.engine import GenerationParams
 from assistant.server import serve_in_thread
 from knowledge.db import open_database
@@ -150,44 +153,11 @@ def test_swap_during_concurrent_requests_fails_nothing(server, loras):
     server.registry.promote(BASE)
     server.http.post("/admin/adapters/reload").raise_for_status()
 
-    results: list[dict] = []
-    failures: list[str] = []
-    lock = threading.Lock()
-    done = threading.Event()
-
-    def client() -> None:
-        with httpx.Client(base_url=server.url, timeout=120) as http:
-            for n in range(1000):
-                if done.is_set() and n >= 3:
-                    return
-                try:
-                    body = _ask(http)
-                except Exception as exc:  # collected: any failure fails the test below
-                    with lock:
-                        failures.append(repr(exc))
-                    continue
-                with lock:
-                    results.append(body)
-
-    def wait_for_answers_from(version: str) -> None:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            with lock:
-                if sum(body["adapter_version"] == version for body in results) >= 8:
-                    return
-            time.sleep(0.01)
-
-    threads = [threading.Thread(target=client) for _ in range(8)]
-    for thread in threads:
-        thread.start()
-    wait_for_answers_from(BASE)
-    for version in (v1, v2):  # swap twice while 8 clients keep asking
+    def swap(version: str) -> None:
         server.registry.promote(version)
         assert server.http.post("/admin/adapters/reload").json()["served"] == version
-        wait_for_answers_from(version)
-    done.set()
-    for thread in threads:
-        thread.join()
+
+    results, failures = swap_under_load(server.url, _ask, swap, BASE, [v1, v2])  # 2 swaps
 
     assert failures == [] and len(results) >= 24
     assert {body["adapter_version"] for body in results} == set(expected)
@@ -216,6 +186,35 @@ def test_old_adapter_stays_loaded_while_pinned(server, loras):
         assert server.switcher.served == v2 and server.engine.loaded_versions() == [v1, v2]
         assert server.engine.generate(PROMPT, params, pinned).text == alone  # still v1's weights
     assert server.engine.loaded_versions() == [v2]
+
+
+def test_unloaded_adapters_are_freed_without_a_collection(sandbox_test, loras, tmp_path):
+    """Refcounting alone frees an unloaded adapter (no cycles), so the engine needs no
+    gc.collect() on its worker, which stalled requests; old adapters never accumulate."""
+    for i, lora in enumerate(loras):
+        lora.save_pretrained(tmp_path / f"v{i}")
+    engine = EmbeddedEngine(sandbox_test.student_dir)
+
+    def lora_refs(version: str) -> list[weakref.ref]:
+        params = engine._model.named_parameters()
+        return [weakref.ref(p) for n, p in params if f".{version}." in n]
+
+    gc.disable()
+    try:
+        engine.ensure_loaded("v0", tmp_path / "v0")
+        for new, old in (("v1", "v0"), ("v2", "v1")):
+            engine.ensure_loaded(new, tmp_path / new)
+            refs = engine._wait(engine._call(lambda old=old: lora_refs(old)))
+            assert refs  # LoRA A/B of q_proj and v_proj in every layer
+            engine.unload(old).result()
+            assert [r for r in refs if r() is not None] == []
+        refs = engine._wait(engine._call(lambda: lora_refs("v2")))
+        engine.unload("v2").result()  # the last one: the engine unwraps to the plain model
+        assert [r for r in refs if r() is not None] == []
+        assert engine.loaded_versions() == []
+    finally:
+        gc.enable()
+        engine.close()
 
 
 def test_tampered_adapter_is_refused_and_the_served_one_stays(server, loras):

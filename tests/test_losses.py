@@ -7,6 +7,7 @@ import torch
 from learner.losses import (
     IGNORE,
     causal_lm_loss,
+    group_relative_advantages,
     importance_sampling_loss,
     mean_reverse_kl,
     reverse_kl_advantages,
@@ -110,3 +111,19 @@ def test_mean_reverse_kl():
     t = torch.tensor([[-1.5, -2.0, -9.0]])
     mask = torch.tensor([[1, 1, 0]]).bool()
     assert abs(mean_reverse_kl(s, t, mask) - 0.25) < 1e-6
+
+
+def test_group_relative_advantages_match_naive():
+    rewards = torch.tensor([1.0, 0.0, 0.0, 1.0, 1.0, 1.0, 0.0, 0.0])
+    mask = torch.rand(8, 5) > 0.3
+    out = group_relative_advantages(rewards, group_size=4, mask_B_T=mask)
+    for b in range(8):
+        group = rewards[(b // 4) * 4 : (b // 4) * 4 + 4]
+        expected = rewards[b].item() - sum(group.tolist()) / 4
+        for t in range(5):
+            assert math.isclose(out[b, t].item(), expected if mask[b, t] else 0.0, abs_tol=1e-6)
+    assert out[4:].abs().sum() > 0  # a group with mixed rewards gets a signal
+    assert (
+        group_relative_advantages(torch.ones(4), 4, torch.ones(4, 3, dtype=torch.bool)).abs().sum()
+        == 0
+    )

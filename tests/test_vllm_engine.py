@@ -6,13 +6,13 @@
 from __future__ import annotations
 
 import json
-import threading
-import time
 from collections.abc import Iterator
+from functools import partial
 from types import SimpleNamespace
 
 import httpx
 import pytest
+from swap_load import swap_under_load
 from test_completions import perturbed_lora, register
 
 from assistant.app import create_app
@@ -115,43 +115,8 @@ def test_swap_during_concurrent_requests_fails_nothing(server, loras):
     assert len(set(expected.values())) == 3, f"versions must be distinguishable: {expected}"
     _reload(server, v1)
 
-    results: list[dict] = []
-    failures: list[str] = []
-    lock = threading.Lock()
-    done = threading.Event()
-
-    def client() -> None:
-        with httpx.Client(base_url=server.url, timeout=120) as http:
-            for n in range(1000):
-                if done.is_set() and n >= 3:
-                    return
-                try:
-                    body = _ask(http)
-                except Exception as exc:  # collected: any failure fails the test below
-                    with lock:
-                        failures.append(repr(exc))
-                    continue
-                with lock:
-                    results.append(body)
-
-    def wait_for_answers_from(version: str) -> None:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            with lock:
-                if sum(body["adapter_version"] == version for body in results) >= 8:
-                    return
-            time.sleep(0.01)
-
-    threads = [threading.Thread(target=client) for _ in range(8)]
-    for thread in threads:
-        thread.start()
-    wait_for_answers_from(v1)
-    for version in (v2, v3):  # swap twice while 8 clients keep asking
-        _reload(server, version)
-        wait_for_answers_from(version)
-    done.set()
-    for thread in threads:
-        thread.join()
+    swap = partial(_reload, server)
+    results, failures = swap_under_load(server.url, _ask, swap, v1, [v2, v3])  # 2 swaps
 
     assert failures == [] and len(results) >= 24
     assert {body["adapter_version"] for body in results} == set(expected)

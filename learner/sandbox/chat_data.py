@@ -359,9 +359,13 @@ def qa_items(facts: list[w.Fact], templates: str) -> list[dict[str, str]]:
     return [{"question": f.question(t), "answer": f.value} for f in facts for t in templates]
 
 
-def ifeval_items(world: w.World, day: int, rng: random.Random, n: int) -> list[dict[str, Any]]:
-    """Held-out IFEval items: eval topics + A-template questions about the day's entities."""
-    _, topics = split_topics(world.seed)
+def ifeval_items(
+    world: w.World, day: int, rng: random.Random, n: int, held_out: bool = True
+) -> list[dict[str, Any]]:
+    """Held-out IFEval items: eval topics + A-template questions about the day's entities.
+    With `held_out=False`: training topics and B-template questions (RL prompts, never eval)."""
+    train_topics, eval_topics = split_topics(world.seed)
+    topics, template = (eval_topics, "A") if held_out else (train_topics, "B")
     facts, entities = world.facts(day), world.of_day(day)
     items = []
     while len(items) < n:
@@ -369,7 +373,7 @@ def ifeval_items(world: w.World, day: int, rng: random.Random, n: int) -> list[d
         if roll < 0.5:
             prompt = _topic_task(rng, topics)[0]
         elif roll < 0.8:
-            prompt = rng.choice(facts).question("A")
+            prompt = rng.choice(facts).question(template)
         else:
             e = rng.choice(entities)
             prompt = rng.choice(ABOUT).format(name=about_name(e))
