@@ -25,7 +25,6 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -34,6 +33,7 @@ from peft import PeftModel
 from transformers import StoppingCriteria, StoppingCriteriaList
 
 from assistant.engine import GenerationParams, GenerationResult, Message
+from assistant.engine_queue import STOP, Control, Request, holdback, run_control
 from knowledge.errors import BadInputError, NotFoundError, ProtegeError
 from knowledge.settings import Settings
 from learner.generation import chat_prompt
@@ -52,57 +52,13 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-@dataclass(eq=False)
-class _Request:
-    messages: list[Message]
-    params: GenerationParams
-    version: str
-    on_text: Callable[[str], None] | None
-    future: Future[GenerationResult]
-    prompt_ids: list[int] | None = None  # a raw token-id prompt instead of chat messages
-    # decoding state, touched only by the worker thread
-    ids: list[int] = field(default_factory=list)
-    text: str = ""
-    emitted: int = 0
-    done: bool = False
-    finish: str = "length"
-    prompt_tokens: int = 0
-
-    @property
-    def key(self) -> tuple[str, float, float]:
-        # requests can share one generate() call only with the same adapter and sampler
-        if self.params.temperature <= 0:
-            return (self.version, 0.0, 1.0)
-        return (self.version, self.params.temperature, self.params.top_p)
-
-
-@dataclass(eq=False)
-class _Control:
-    fn: Callable[[], Any]
-    future: Future[Any]
-
-
-_STOP = object()
-
-
-def _holdback(text: str, stops: tuple[str, ...]) -> int:
-    """How many trailing characters might still be the start of a stop string."""
-    hold = 0
-    for stop in stops:
-        for k in range(min(len(stop) - 1, len(text)), 0, -1):
-            if text.endswith(stop[:k]):
-                hold = max(hold, k)
-                break
-    return hold
-
-
 class _RowCriteria(StoppingCriteria):
     """Per-row stop logic for a batch: stop tokens, stop strings, each row's own max_tokens.
 
     Called by `generate` once per step with every row's newest token, so it also drives streaming.
     """
 
-    def __init__(self, engine: EmbeddedEngine, rows: list[_Request]) -> None:
+    def __init__(self, engine: EmbeddedEngine, rows: list[Request]) -> None:
         self.engine = engine
         self.rows = rows
 
@@ -162,7 +118,7 @@ class EmbeddedEngine:
         prompt_ids: list[int] | None = None,
     ) -> Future[GenerationResult]:
         future: Future[GenerationResult] = Future()
-        self._put(_Request(list(messages), params, adapter_version, on_text, future, prompt_ids))
+        self._put(Request(list(messages), params, adapter_version, on_text, future, prompt_ids))
         return future
 
     def prompt_logprobs(
@@ -196,11 +152,11 @@ class EmbeddedEngine:
         if self._closed:
             return
         self._closed = True
-        self._queue.put(_STOP)
+        self._queue.put(STOP)
         self._thread.join(timeout)
 
     # ---- queueing ----------------------------------------------------------------------------
-    def _put(self, item: _Request | _Control) -> None:
+    def _put(self, item: Request | Control) -> None:
         if self._closed:
             raise ProtegeError("the engine is shut down")
         self._queue.put(item)
@@ -209,7 +165,7 @@ class EmbeddedEngine:
         # queued even from the worker itself (a done-callback releasing the last pin): running it
         # inline would change the model in the middle of finishing a batch
         future: Future[Any] = Future()
-        self._put(_Control(fn, future))
+        self._put(Control(fn, future))
         return future
 
     def _wait(self, future: Future[T]) -> T:
@@ -228,19 +184,19 @@ class EmbeddedEngine:
                 except queue.Empty:
                     break
             head = backlog.popleft()
-            if head is _STOP:
+            if head is STOP:
                 while not self._queue.empty():  # items that raced close(): nobody will run them
                     backlog.append(self._queue.get_nowait())
                 for item in backlog:
-                    if item is not _STOP and item.future.set_running_or_notify_cancel():
+                    if item is not STOP and item.future.set_running_or_notify_cancel():
                         item.future.set_exception(ProtegeError("the engine is shut down"))
                 return
-            if isinstance(head, _Control):
-                _run_control(head)
+            if isinstance(head, Control):
+                run_control(head)
                 continue
             batch = [head]
             for item in list(backlog):
-                if len(batch) >= self.max_batch_size or not isinstance(item, _Request):
+                if len(batch) >= self.max_batch_size or not isinstance(item, Request):
                     break  # never move a generation past an adapter operation
                 if item.key == head.key:
                     batch.append(item)
@@ -315,7 +271,7 @@ class EmbeddedEngine:
         else:
             yield
 
-    def _admit(self, request: _Request) -> list[int] | None:
+    def _admit(self, request: Request) -> list[int] | None:
         """The prompt's token ids, or None after failing just this request (bad input)."""
         try:
             ids = request.prompt_ids
@@ -336,7 +292,7 @@ class EmbeddedEngine:
         request.prompt_tokens = len(ids)
         return ids
 
-    def _generate_batch(self, batch: list[_Request]) -> None:
+    def _generate_batch(self, batch: list[Request]) -> None:
         admitted = [(r, ids) for r in batch if (ids := self._admit(r)) is not None]
         if not admitted:
             return
@@ -345,7 +301,7 @@ class EmbeddedEngine:
             enc = self.tokenizer.pad(
                 {"input_ids": [ids for _, ids in admitted]}, return_tensors="pt"
             )
-            params = rows[0].params  # one sampler for the whole batch (see _Request.key)
+            params = rows[0].params  # one sampler for the whole batch (see Request.key)
             sampling: dict[str, Any] = {"do_sample": False}
             if params.temperature > 0:
                 sampling = {
@@ -382,7 +338,7 @@ class EmbeddedEngine:
             )
             row.future.set_result(result)
 
-    def _advance(self, row: _Request, token: int) -> None:
+    def _advance(self, row: Request, token: int) -> None:
         """Take one new token of `row`: update its text, decide whether it is finished, stream."""
         if token in self._stop_ids:
             row.done, row.finish = True, "stop"
@@ -400,12 +356,12 @@ class EmbeddedEngine:
             row.text = text
         self._emit(row)
 
-    def _emit(self, row: _Request) -> None:
+    def _emit(self, row: Request) -> None:
         if row.on_text is None:
             return
         end = len(row.text)
         if not row.done:
-            end -= _holdback(row.text, row.params.stop)
+            end -= holdback(row.text, row.params.stop)
             while end > row.emitted and row.text[end - 1] == "\ufffd":  # half a UTF-8 character
                 end -= 1
         if end > row.emitted:
@@ -415,12 +371,3 @@ class EmbeddedEngine:
             except Exception:  # a broken listener (client gone) must not break the batch
                 log.exception("on_text callback failed; no more deltas for this request")
                 row.on_text = None
-
-
-def _run_control(control: _Control) -> None:
-    if not control.future.set_running_or_notify_cancel():
-        return
-    try:
-        control.future.set_result(control.fn())
-    except Exception as exc:
-        control.future.set_exception(exc)

@@ -44,7 +44,7 @@ from learner.losses import (
 )
 from learner.modeling import load_tokenizer
 from learner.sampling import LocalSampler, position_ids_for
-from learner.sandbox.chat_data import ifeval_items
+from learner.sandbox.prompt_sets import ifeval_items
 from learner.sandbox.world import build_world
 from learner.scoring import sequence_logprobs
 from learner.teachers.base import BaseModelTeacher

@@ -28,6 +28,7 @@ import torch
 from knowledge.errors import SandboxNotBuiltError
 from learner.evals.evaluate import evaluate_model
 from learner.sandbox import chat_data as cd
+from learner.sandbox import prompt_sets as ps
 from learner.sandbox.manifest import (
     MANIFEST_NAME,
     DayData,
@@ -126,16 +127,16 @@ def write_data(world: World, cfg: SizeConfig, stage: Path, root: Path) -> Sandbo
     _write_docs(stage / rel["background_documents_dir"], world.documents(0))
     _write_jsonl(
         stage / rel["chat_prompts_file"],
-        cd.chat_prompts(world, random.Random(f"chat-prompts-{seed}"), cfg.n_chat_prompts),
+        ps.chat_prompts(world, random.Random(f"chat-prompts-{seed}"), cfg.n_chat_prompts),
     )
     _write_jsonl(
         stage / rel["opd_prompts_file"],
-        cd.opd_prompts(world, random.Random(f"opd-{seed}"), cfg.n_opd),
+        ps.opd_prompts(world, random.Random(f"opd-{seed}"), cfg.n_opd),
     )
-    known = cd.qa_items([f for e in cd.qa_trained(world) for f in e.facts()], "A")
+    known = ps.qa_items([f for e in cd.qa_trained(world) for f in e.facts()], "A")
     random.Random(f"known-qa-{seed}").shuffle(known)
     _write_jsonl(stage / rel["known_qa_file"], known[: cfg.n_known_qa])
-    doc_only = cd.qa_items([f for e in cd.doc_only(world) for f in e.facts()], "A")
+    doc_only = ps.qa_items([f for e in cd.doc_only(world) for f in e.facts()], "A")
     random.Random(f"doc-only-qa-{seed}").shuffle(doc_only)
     _write_jsonl(stage / rel["known_doc_only_qa_file"], doc_only[: cfg.n_known_qa])
     rng = random.Random(f"incontext-eval-{seed}")  # its own stream: never a training example
@@ -148,11 +149,11 @@ def write_data(world: World, cfg: SizeConfig, stage: Path, root: Path) -> Sandbo
     for d in range(1, world.n_days + 1):
         folder = Path(f"days/day{d}")
         _write_docs(stage / folder / "documents", world.documents(d))
-        _write_jsonl(stage / folder / "qa.jsonl", cd.qa_items(world.facts(d), "A"))
-        _write_jsonl(stage / folder / "train_questions.jsonl", cd.qa_items(world.facts(d), "BC"))
+        _write_jsonl(stage / folder / "qa.jsonl", ps.qa_items(world.facts(d), "A"))
+        _write_jsonl(stage / folder / "train_questions.jsonl", ps.qa_items(world.facts(d), "BC"))
         _write_jsonl(
             stage / folder / "ifeval.jsonl",
-            cd.ifeval_items(world, d, random.Random(f"ifeval-{seed}-{d}"), cfg.n_ifeval),
+            ps.ifeval_items(world, d, random.Random(f"ifeval-{seed}-{d}"), cfg.n_ifeval),
         )
         days.append(
             DayData(

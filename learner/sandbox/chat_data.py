@@ -1,9 +1,8 @@
 """Chat data for the sandbox base: closed-book QA, instructions with verifiable constraints,
-in-context QA with distractor passages; plus the eval / prompt sets written into the manifest.
+in-context QA with distractor passages; the eval / prompt sets written into the manifest are in prompt_sets.py.
 
     rng = random.Random(0)
     chats = training_chats(world, rng, n=1000)     # [[{"role": ..., "content": ...}, ...]]
-    items = ifeval_items(world, day=1, rng=rng, n=100)
 
 Every generated response is verified with learner.evals.ifeval before it is used; topics are split
 into training and held-out eval topics so IFEval eval prompts never appear in training.
@@ -349,75 +348,3 @@ def training_chats(world: w.World, rng: random.Random, n: int) -> list[list[Mess
     names, weights = zip(*MIXTURE, strict=True)
     categories = rng.choices(names, weights=weights, k=n)
     return [training_chat(rng, world, c, facts, topics, entities) for c in categories]
-
-
-# --- eval and prompt files -----------------------------------------------------------------------
-
-
-def qa_items(facts: list[w.Fact], templates: str) -> list[dict[str, str]]:
-    """{"question", "answer"} for every fact in every template of `templates`."""
-    return [{"question": f.question(t), "answer": f.value} for f in facts for t in templates]
-
-
-def ifeval_items(
-    world: w.World, day: int, rng: random.Random, n: int, held_out: bool = True
-) -> list[dict[str, Any]]:
-    """Held-out IFEval items: eval topics + A-template questions about the day's entities.
-    With `held_out=False`: training topics and B-template questions (RL prompts, never eval)."""
-    train_topics, eval_topics = split_topics(world.seed)
-    topics, template = (eval_topics, "A") if held_out else (train_topics, "B")
-    facts, entities = world.facts(day), world.of_day(day)
-    items = []
-    while len(items) < n:
-        roll = rng.random()
-        if roll < 0.5:
-            prompt = _topic_task(rng, topics)[0]
-        elif roll < 0.8:
-            prompt = rng.choice(facts).question(template)
-        else:
-            e = rng.choice(entities)
-            prompt = rng.choice(ABOUT).format(name=about_name(e))
-        instrs = sample_instructions(rng)
-        text = " ".join(instruction_text(i, kw, rng) for i, kw in instrs)
-        items.append(
-            {
-                "key": 1000 * day + len(items),
-                "prompt": f"{prompt} {text}",
-                "instruction_id_list": [i for i, _ in instrs],
-                "kwargs": [kw for _, kw in instrs],
-            }
-        )
-    return items
-
-
-def prompt_messages(chats: list[list[Message]]) -> list[dict[str, list[Message]]]:
-    """Drop the assistant turn: {"messages": [...]} prompts for sampling."""
-    return [{"messages": [m for m in c if m["role"] != "assistant"]} for c in chats]
-
-
-def chat_prompts(world: w.World, rng: random.Random, n: int) -> list[dict[str, list[Message]]]:
-    """General chat prompts (training distribution, B/C questions only) for background replay."""
-    entities, topics = qa_trained(world), split_topics(world.seed)[0]
-    facts = [f for e in entities for f in e.facts()]
-    names, weights = zip(*MIXTURE, strict=True)
-    categories = rng.choices(names, weights=weights, k=n)
-    chats = [training_chat(rng, world, c, facts, topics, entities, "BC") for c in categories]
-    return prompt_messages(chats)
-
-
-def opd_prompts(world: w.World, rng: random.Random, n: int) -> list[dict[str, list[Message]]]:
-    """Instruction prompts (training topics) and B/C questions about known entities, some with
-    constraints; disjoint from every eval prompt."""
-    facts, topics = [f for e in qa_trained(world) for f in e.facts()], split_topics(world.seed)[0]
-    chats = []
-    for i in range(n):
-        if i % 3 == 0:
-            prompt, content, title = _topic_task(rng, topics)
-            user, _ = _with_instructions(rng, prompt, content, title)
-        else:
-            fact = rng.choice(facts)
-            user = fact.question(rng.choice("BC"))
-            if i % 3 == 1:
-                user, _ = _with_instructions(rng, user, [fact.statement(0)], fact.name)
-        chats.append(_chat(user, None, rng))
-    return [{"messages": c} for c in chats]
