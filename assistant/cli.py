@@ -41,6 +41,7 @@ def _sandbox_build(settings: Settings, args: argparse.Namespace) -> int:
         seed,
         teacher=args.teacher,
         force=args.force,
+        rebuild_teacher=args.rebuild_teacher,
         progress=not args.json,
     )
     if args.json:
@@ -201,6 +202,11 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--seed", type=int)
     build.add_argument("--teacher", action="store_true", help="also build the larger teacher")
     build.add_argument("--force", action="store_true", help="rebuild even if built")
+    build.add_argument(
+        "--rebuild-teacher",
+        action="store_true",
+        help="retrain only the teacher (keeps the student)",
+    )
     build.add_argument("--json", action="store_true", help="print the manifest as JSON")
     build.set_defaults(func=_sandbox_build)
 

@@ -28,7 +28,7 @@ from knowledge.settings import DistillConfig
 from learner.generation import Message
 from learner.losses import importance_sampling_loss, mean_reverse_kl, reverse_kl_advantages
 from learner.sampling import LocalSampler, Sampler
-from learner.scoring import sequence_logprobs
+from learner.scoring import completion_logprobs
 from learner.teachers import Teacher
 from learner.teachers.privileged import ContextPrompt, Passages, logprobs_with_context
 
@@ -82,7 +82,9 @@ def main(
             batch.sampler_logprobs_B_T, teacher_lp_B_T, mask_B_T, cfg.kl_coef, cfg.discount
         )
         model.train()
-        train_lp_B_T = sequence_logprobs(model, batch.sequences_B_T, batch.attention_mask_B_T)
+        train_lp_B_T = completion_logprobs(
+            model, batch.sequences_B_T, batch.attention_mask_B_T, mask_B_T
+        )
         loss = importance_sampling_loss(
             train_lp_B_T, batch.sampler_logprobs_B_T, advantages_B_T, mask_B_T
         )

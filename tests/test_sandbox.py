@@ -18,6 +18,7 @@ from learner.modeling import load_tokenizer, stop_token_ids
 from learner.sandbox import chat_data as cd
 from learner.sandbox.build import SIZE_CONFIGS, build_sandbox, write_data
 from learner.sandbox.manifest import SandboxManifest
+from learner.sandbox.pretrain import IGNORE, encode_chats, encode_documents
 from learner.sandbox.tokenizer import render_chat
 from learner.sandbox.world import build_world
 
@@ -164,6 +165,24 @@ def test_student_generates_and_stops_at_im_end(sandbox_test: SandboxManifest) ->
     stopped = [(row == im_end).any().item() for row in new]
     assert sum(stopped) >= len(stopped) // 2, tok.batch_decode(new)
     assert all(text.strip() for text in tok.batch_decode(new, skip_special_tokens=True))
+
+
+def test_training_encoding_ignores_padding_left_by_eval(sandbox_test: SandboxManifest) -> None:
+    # Batched eval (`tokenizer(..., padding=True)`) leaves padding on the shared backend; the
+    # teacher trained after the student's eval once got `<|endoftext|>` runs as reply labels.
+    tok = load_tokenizer(sandbox_test.tokenizer_dir)
+    chats = [
+        [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."}],
+        [
+            {"role": "user", "content": "A longer question " * 5},
+            {"role": "assistant", "content": "Yes."},
+        ],
+    ]
+    before = encode_chats(tok, chats), encode_documents(tok, ["a b", "a b c d e f"], 64)
+    tok(["a b c d", "a"], padding=True, add_special_tokens=False)
+    assert (encode_chats(tok, chats), encode_documents(tok, ["a b", "a b c d e f"], 64)) == before
+    ids, labels = before[0][0]
+    assert tok.pad_token_id not in ids + labels and labels.count(IGNORE) < len(labels)
 
 
 def test_teacher_is_added_to_an_existing_build(sandbox_test: SandboxManifest) -> None:

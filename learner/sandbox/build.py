@@ -5,7 +5,8 @@
 
 The build is staged in a hidden sibling folder and renamed into place at the end, so a crash never
 leaves a manifest that points at partial files. A complete build is reused unless `force`;
-asking for the teacher later adds it to the existing build (staged and renamed the same way).
+asking for the teacher later adds it to the existing build (staged and renamed the same way);
+`--rebuild-teacher` retrains only the teacher of an existing build, replacing it.
 """
 
 from __future__ import annotations
@@ -278,9 +279,12 @@ def build_sandbox(
     *,
     teacher: bool = False,
     force: bool = False,
+    rebuild_teacher: bool = False,
     progress: bool = True,
 ) -> SandboxManifest:
-    """Build (or reuse) the sandbox at `sandbox_root(sandbox_dir, size, seed)`; see module doc."""
+    """Build (or reuse) the sandbox at `sandbox_root(sandbox_dir, size, seed)`; see module doc.
+
+    `rebuild_teacher` retrains only the teacher of a complete build (the student is kept)."""
     if size not in SIZE_CONFIGS:
         raise SandboxNotBuiltError(f"unknown sandbox size {size!r} (test or demo)")
     # PROTEGE_TORCH_THREADS overrides (1 is faster when other processes share the 2 cores).
@@ -291,11 +295,11 @@ def build_sandbox(
     if not force and (root / MANIFEST_NAME).exists():
         manifest = load_manifest(root)
         if is_complete(manifest):
-            if teacher and manifest.teacher_dir is None:
+            if rebuild_teacher or (teacher and manifest.teacher_dir is None):
                 return _add_teacher(manifest, cfg, progress)
             _log(progress, f"reusing {root}")
             return manifest
-    return _build_fresh(root, size, seed, cfg, teacher, progress)
+    return _build_fresh(root, size, seed, cfg, teacher or rebuild_teacher, progress)
 
 
 def _build_fresh(
@@ -376,9 +380,17 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--teacher", action="store_true")
     parser.add_argument("--force", action="store_true")
+    parser.add_argument("--rebuild-teacher", action="store_true", help="retrain only the teacher")
     parser.add_argument("--json", action="store_true", help="print the manifest as JSON")
     args = parser.parse_args(argv)
-    manifest = build_sandbox(args.dir, args.size, args.seed, teacher=args.teacher, force=args.force)
+    manifest = build_sandbox(
+        args.dir,
+        args.size,
+        args.seed,
+        teacher=args.teacher,
+        force=args.force,
+        rebuild_teacher=args.rebuild_teacher,
+    )
     print(manifest.model_dump_json(indent=2) if args.json else manifest.root)
 
 

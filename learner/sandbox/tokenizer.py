@@ -73,5 +73,13 @@ def wrap_tokenizer(core: Tokenizer) -> PreTrainedTokenizerFast:
 
 
 def core_tokenizer(tokenizer: PreTrainedTokenizerBase) -> Tokenizer:
-    """The underlying `tokenizers.Tokenizer` (batch encoding without Python overhead)."""
-    return tokenizer.backend_tokenizer
+    """A copy of the underlying `tokenizers.Tokenizer` with padding and truncation off (batch
+    encoding without Python overhead)."""
+    # A copy, not the shared backend: any `tokenizer(..., padding=True)` call (batched eval does
+    # one) leaves left-padding enabled on the backend, and `encode_batch` would then pad every
+    # example to the longest in the set with `<|endoftext|>`, which training labels then include
+    # (that is how the teacher, trained after the student's eval, learned to answer nothing).
+    core = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
+    core.no_padding()
+    core.no_truncation()
+    return core

@@ -9,7 +9,7 @@ import torch
 from peft import PeftModel
 
 from learner.sampling import SampleBatch
-from learner.scoring import sequence_logprobs
+from learner.scoring import completion_logprobs
 
 
 class BaseModelTeacher:
@@ -21,5 +21,6 @@ class BaseModelTeacher:
     @torch.no_grad()
     def logprobs(self, batch: SampleBatch) -> torch.Tensor:
         with self.model.disable_adapter():
-            lp_B_T = sequence_logprobs(self.model, batch.sequences_B_T, batch.attention_mask_B_T)
-        return lp_B_T * batch.completion_mask_B_T
+            return completion_logprobs(
+                self.model, batch.sequences_B_T, batch.attention_mask_B_T, batch.completion_mask_B_T
+            )

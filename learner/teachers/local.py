@@ -8,7 +8,7 @@ from transformers import PreTrainedTokenizerBase
 from knowledge.errors import IncompatibleTeacherError
 from learner.modeling import load_causal_lm, load_tokenizer
 from learner.sampling import SampleBatch
-from learner.scoring import sequence_logprobs
+from learner.scoring import completion_logprobs
 
 
 def check_compatible(student: PreTrainedTokenizerBase, teacher: PreTrainedTokenizerBase) -> None:
@@ -36,5 +36,6 @@ class LocalTeacher:
 
     @torch.no_grad()
     def logprobs(self, batch: SampleBatch) -> torch.Tensor:
-        lp_B_T = sequence_logprobs(self.model, batch.sequences_B_T, batch.attention_mask_B_T)
-        return lp_B_T * batch.completion_mask_B_T
+        return completion_logprobs(
+            self.model, batch.sequences_B_T, batch.attention_mask_B_T, batch.completion_mask_B_T
+        )

@@ -1,0 +1,127 @@
+"""The faster OPD path (completion-only scoring, LoRA merged while sampling) and the TRL bench.
+
+The bench smoke test (one step of protege's and TRL's OPD on tiny random models) skips without
+trl (`make bench-setup`).
+"""
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from peft import LoraConfig, get_peft_model
+from transformers import Qwen3Config, Qwen3ForCausalLM
+
+from knowledge.settings import load_settings
+from learner.modeling import load_tokenizer
+from learner.sampling import LocalSampler, lora_merged
+from learner.sandbox.tokenizer import train_tokenizer
+from learner.scoring import completion_logprobs, sequence_logprobs
+
+TEXTS = ["Ada Park works in the Berlin office and leads Project Falcon."] * 20 + [
+    "Hello, how can I help you today? Please answer in lowercase."
+] * 20
+PROMPTS = [
+    [{"role": "user", "content": "Where does Ada work?"}],
+    [{"role": "user", "content": "Say hello in lowercase, please, now, and tell me more."}],
+    [{"role": "user", "content": "Who?"}],
+]
+
+
+def _model(tok, hidden: int, seed: int) -> Qwen3ForCausalLM:
+    torch.manual_seed(seed)
+    cfg = Qwen3Config(
+        vocab_size=len(tok),
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        head_dim=16,
+        max_position_embeddings=256,
+        initializer_range=0.3,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
+    return Qwen3ForCausalLM(cfg)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    out = tmp_path_factory.mktemp("tiny")
+    train_tokenizer(TEXTS, 320, out / "tok")
+    tok = load_tokenizer(out / "tok")
+    for name, hidden, seed in (("student", 32, 0), ("teacher", 48, 1)):
+        _model(tok, hidden, seed).save_pretrained(out / name)
+        tok.save_pretrained(out / name)
+    return out, tok
+
+
+def _lora(out: Path):
+    model = Qwen3ForCausalLM.from_pretrained(out / "student")
+    lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"])
+    peft = get_peft_model(model, lora)
+    with torch.no_grad():
+        for name, p in peft.named_parameters():
+            if "lora_" in name:
+                p.normal_(0, 0.3)
+    return peft.eval()
+
+
+def test_completion_logprobs_equal_full_scoring_on_completions(tiny):
+    out, tok = tiny
+    model = _lora(out)
+    batch = LocalSampler(model, tok).sample(PROMPTS, n=3, temperature=1.0, max_tokens=12)
+    mask = batch.completion_mask_B_T
+    with torch.no_grad():
+        full = sequence_logprobs(model, batch.sequences_B_T, batch.attention_mask_B_T) * mask
+        for chunks in (1, 2, 4, 100):
+            fast = completion_logprobs(
+                model, batch.sequences_B_T, batch.attention_mask_B_T, mask, chunks=chunks
+            )
+            torch.testing.assert_close(fast, full, atol=1e-5, rtol=1e-5)
+    # grads flow through the chunks like through one forward pass
+    grads = []
+    for fn in (
+        lambda: sequence_logprobs(model, batch.sequences_B_T, batch.attention_mask_B_T) * mask,
+        lambda: completion_logprobs(model, batch.sequences_B_T, batch.attention_mask_B_T, mask),
+    ):
+        model.zero_grad()
+        fn().sum().backward()
+        grads.append([p.grad.clone() for p in model.parameters() if p.requires_grad])
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+def test_lora_merged_restores_the_exact_base_weights(tiny):
+    out, _ = tiny
+    model = _lora(out)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    ids = torch.tensor([[5, 6, 7, 8]])
+    with torch.no_grad():
+        unmerged = model(input_ids=ids).logits
+        with lora_merged(model):
+            merged = model(input_ids=ids).logits
+        again = model(input_ids=ids).logits
+    torch.testing.assert_close(merged, unmerged, atol=1e-5, rtol=1e-5)
+    assert torch.equal(again, unmerged)
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_bench_runs_one_step_of_protege_and_trl(tiny):
+    pytest.importorskip("trl")
+    sys.path.insert(0, str(Path(__file__).parents[1] / "bench"))
+    import opd_throughput
+
+    out, _ = tiny
+    settings = load_settings("sandbox")
+    settings.learner.lora.target_modules = ["q_proj", "v_proj"]
+    settings.learner.distill = settings.learner.distill.model_copy(
+        update={"prompts_per_step": 2, "group_size": 2, "max_new_tokens": 6}
+    )
+    for run in (opd_throughput.run_protege, opd_throughput.run_trl):
+        result = run(settings, out / "student", out / "teacher", PROMPTS, 0, 1)
+        assert result["tokens"] > 0
+        assert set(result["seconds"]) == {"sample", "teacher", "update"}
+        assert {"load", "sample", "teacher", "update"} <= set(result["peak_mb"])
