@@ -115,14 +115,14 @@ def run_seed(settings: Settings, seed: int, args: argparse.Namespace, peaks: Sta
     model = student(settings, manifest.student_dir, lora=True, seed=seed)
     cfg = settings.learner.distill
 
-    def ifeval(limit: int | None = args.limit) -> float:
+    def ifeval() -> float:
         scores = evaluate_model(
-            model, tokenizer, ifeval_file=day.ifeval_file, limit=limit, progress=False
+            model, tokenizer, ifeval_file=day.ifeval_file, limit=args.limit, progress=False
         )
         return scores["ifeval_strict"]
 
-    with model.disable_adapter():
-        base_if = ifeval(None)
+    with model.disable_adapter():  # on the same items as every checkpoint
+        base_if = ifeval()
     mid_cfg = settings.learner.midtrain.model_copy(update={"doc_fraction": 1.0})
     documents = [p.read_text() for p in sorted(Path(day.documents_dir).glob("*.md"))]
     with peaks.stage("midtrain"):
