@@ -15,6 +15,7 @@ IFEval (held-out prompts) and QA about entities known before the cycle. Recipes:
     mid100+opd:priv   mid100, then OPD where a share of prompts are questions about the new
                       documents and the teacher reads the retrieved chunks (privileged context)
     mid70:full        mid70 with full fine-tuning instead of LoRA (lr / 10, the usual ratio)
+    mid70+opd:full    that, then OPD at lr / 10 (teacher: the base student as a separate model)
 
 Settings are the profile's (configs/sandbox.yaml); `--set section.key=value` overrides one.
 Prints per-seed rows as they finish, then mean ± spread over seeds with student tokens sampled,
@@ -74,9 +75,11 @@ def run_row(recipe: str, settings: Settings, manifest: SandboxManifest, seed: in
             )
     if name.endswith("+opd"):
         cfg = settings.learner.distill.model_copy()
+        cfg.lr = cfg.lr / 10 if full else cfg.lr
         extra: list = []
-        if variant == "large":
-            teacher = LocalTeacher(manifest.teacher_dir, tokenizer, torch.device("cpu"), "float32")
+        if variant in ("large", "full"):  # full FT has no adapter to switch off: load the base
+            path = manifest.teacher_dir if variant == "large" else manifest.student_dir
+            teacher = LocalTeacher(path, tokenizer, torch.device("cpu"), "float32")
         else:
             teacher = BaseModelTeacher(model)
         if variant == "priv":
