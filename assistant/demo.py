@@ -168,7 +168,12 @@ def run_demo(settings: Settings, keep_serving: bool = True, n_questions: int = 4
             time.sleep(1)  # the server swaps on notify (or on its next registry poll)
             answers = [_ask(client, q["question"]) for q in questions]
         timings["swap + answers"] = time.perf_counter() - t0
-        _print_answers("after the cycle and the hot-swap", questions, answers)
+        title = (
+            "after the cycle and the hot-swap"
+            if result.promoted
+            else "after the cycle (the gate refused the candidate: the served model is unchanged)"
+        )
+        _print_answers(title, questions, answers)
 
         print(
             "\nBefore/after on the sandbox (closed-book: no retrieval; IFEval: held-out prompts)\n"
