@@ -383,6 +383,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--engines", default="embedded,vllm")
+    parser.add_argument("--swaps", type=int, default=3, help="adapters promoted one after another")
     args = parser.parse_args()
     manifest = sandbox(args.sandbox)
     prompts = load_prompts(manifest.chat_prompts_file)
@@ -395,7 +396,7 @@ def main() -> None:
         registry = Registry(
             Settings(home=home, models=ModelsConfig(student=str(manifest.student_dir)))
         )
-        versions = register_loras(registry, manifest.student_dir, 3)
+        versions = register_loras(registry, manifest.student_dir, args.swaps)
         print(f"{args.sandbox} sandbox, {args.clients} clients x {args.seconds:.0f} s, "
               f"max_tokens {args.max_tokens}, swaps base -> {' -> '.join(versions)}")  # fmt: skip
         results = {}
