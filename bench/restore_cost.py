@@ -33,20 +33,19 @@ from peft import get_peft_model_state_dict, set_peft_model_state_dict
 from knowledge.settings import Settings
 from learner import midtrain
 from learner.datasets import chat_prompts, sandbox_manifest
+from learner.distill import policy_gradient_step
 from learner.evals.evaluate import evaluate_model
 from learner.evals.ifeval import score_item
 from learner.losses import (
     IGNORE,
     causal_lm_loss,
     group_relative_advantages,
-    importance_sampling_loss,
     reverse_kl_advantages,
 )
 from learner.modeling import load_tokenizer
 from learner.sampling import LocalSampler, position_ids_for
 from learner.sandbox.prompt_sets import ifeval_items
 from learner.sandbox.world import build_world
-from learner.scoring import sequence_logprobs
 from learner.teachers.base import BaseModelTeacher
 
 METHODS = ("opd", "sft", "rl")
@@ -75,36 +74,32 @@ def step(model, tokenizer, optimizer, params, method: str, items: list[dict], cf
             position_ids=position_ids_for(batch.attention_mask_B_T),
         ).logits
         loss = causal_lm_loss(logits, labels_B_T)
-    else:
-        batch = sampler.sample(*args)
-        mask_B_T = batch.completion_mask_B_T
-        if method == "opd":
-            teacher_lp_B_T = BaseModelTeacher(model).logprobs(batch)
-            advantages_B_T = reverse_kl_advantages(
-                batch.sampler_logprobs_B_T, teacher_lp_B_T, mask_B_T, cfg.kl_coef
-            )
-        else:
-            texts = [
-                tokenizer.decode(seq[m], skip_special_tokens=True)
-                for seq, m in zip(batch.sequences_B_T, mask_B_T, strict=True)
-            ]
-            rewards_B = torch.tensor(
-                [
-                    float(score_item(items[i], t)[0])
-                    for i, t in zip(batch.prompt_index_B, texts, strict=True)
-                ]
-            )
-            advantages_B_T = group_relative_advantages(rewards_B, cfg.group_size, mask_B_T)
-        model.train()
-        train_lp_B_T = sequence_logprobs(model, batch.sequences_B_T, batch.attention_mask_B_T)
-        loss = importance_sampling_loss(
-            train_lp_B_T, batch.sampler_logprobs_B_T, advantages_B_T, mask_B_T
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        model.eval()
+        return batch.n_completion_tokens
+    batch = sampler.sample(*args)
+    mask_B_T = batch.completion_mask_B_T
+    if method == "opd":
+        teacher_lp_B_T = BaseModelTeacher(model).logprobs(batch)
+        advantages_B_T = reverse_kl_advantages(
+            batch.sampler_logprobs_B_T, teacher_lp_B_T, mask_B_T, cfg.kl_coef
         )
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(params, 1.0)
-    optimizer.step()
-    model.eval()
+    else:
+        texts = [
+            tokenizer.decode(seq[m], skip_special_tokens=True)
+            for seq, m in zip(batch.sequences_B_T, mask_B_T, strict=True)
+        ]
+        rewards_B = torch.tensor(
+            [
+                float(score_item(items[i], t)[0])
+                for i, t in zip(batch.prompt_index_B, texts, strict=True)
+            ]
+        )
+        advantages_B_T = group_relative_advantages(rewards_B, cfg.group_size, mask_B_T)
+    policy_gradient_step(model, optimizer, params, batch, advantages_B_T)  # OPD's own update
     return batch.n_completion_tokens
 
 

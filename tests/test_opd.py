@@ -74,12 +74,16 @@ def _student(out: Path, perturb: float = 0.0, seed: int = 0):
 def test_sampler_logprobs_match_a_scoring_forward_pass(tiny):
     out, tok = tiny
     model = _student(out, perturb=0.5)
+    torch.manual_seed(0)
     batch = LocalSampler(model, tok).sample(PROMPTS, n=3, temperature=1.0, max_tokens=12)
     with torch.no_grad():
         scored = sequence_logprobs(model, batch.sequences_B_T, batch.attention_mask_B_T)
     mask = batch.completion_mask_B_T
     assert mask.any()
-    torch.testing.assert_close(scored[mask], batch.sampler_logprobs_B_T[mask], atol=2e-4, rtol=1e-4)
+    # The sampler runs with the LoRA merged into the weights (W + BA once, vs Wx + B(Ax) when
+    # scoring): fp32 rounding of this large random LoRA moves a log-prob by up to ~1e-3, which the
+    # importance-sampling ratio of the update accounts for.
+    torch.testing.assert_close(scored[mask], batch.sampler_logprobs_B_T[mask], atol=3e-3, rtol=1e-3)
     assert batch.prompt_index_B == [0, 0, 0, 1, 1, 1, 2, 2, 2]
 
 
