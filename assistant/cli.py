@@ -115,28 +115,46 @@ def _open_book_passages(settings: Settings):  # noqa: ANN202
 
 
 def _eval(settings: Settings, args: argparse.Namespace) -> int:
-    from learner.evals.evaluate import evaluate_model
+    import tempfile
+
     from learner.loading import load_student
 
     model, tokenizer, version = load_student(settings, args.adapter)
-    scores = evaluate_model(
-        model,
-        tokenizer,
-        qa_file=args.qa,
-        ifeval_file=args.ifeval,
-        passages_for=_open_book_passages(settings) if args.qa else None,
-        max_new_tokens=settings.learner.eval.max_new_tokens,
-        batch_size=settings.learner.eval.batch_size,
-        limit=args.limit,
-        progress=not args.json,
-    )
+    with tempfile.TemporaryDirectory(prefix="protege-eval-") as tmp:
+        scores = _scores(settings, args, model, tokenizer, Path(tmp))
     scores["adapter"] = version
     if args.json:
         print(json.dumps(scores))
     else:
         for key, value in scores.items():
-            print(f"{key:>16}: {value}")
+            print(f"{key:>24}: {value}")
     return 0
+
+
+def _scores(settings: Settings, args: argparse.Namespace, model, tokenizer, workdir: Path) -> dict:  # noqa: ANN001
+    from knowledge.store import KnowledgeStore
+    from learner.datasets import EvalSets, eval_sets
+    from learner.evals.evaluate import evaluate_model
+
+    if args.qa or args.ifeval:
+        sets = EvalSets(args.qa, args.ifeval, None)
+    else:  # the sets the nightly gate scores: every ingested document's QA, IFEval, known QA
+        names = [d.name for d in KnowledgeStore(settings).list_documents()]
+        sets = eval_sets(settings, names, workdir)
+    return evaluate_model(
+        model,
+        tokenizer,
+        qa_file=sets.qa_file,
+        ifeval_file=sets.ifeval_file,
+        known_qa_file=sets.known_qa_file,
+        incontext_qa_file=None if args.qa or args.ifeval else sets.incontext_qa_file,
+        cloze_file=sets.cloze_file,
+        passages_for=_open_book_passages(settings) if sets.qa_file else None,
+        max_new_tokens=settings.learner.eval.max_new_tokens,
+        batch_size=settings.learner.eval.batch_size,
+        limit=args.limit,
+        progress=not args.json,
+    )
 
 
 def _adapters(settings: Settings, args: argparse.Namespace) -> int:
@@ -226,8 +244,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(func=_train)
 
     ev = sub.add_parser("eval", help="evaluate the student with an adapter")
-    ev.add_argument("--qa", type=Path, help="closed-book QA JSONL")
-    ev.add_argument("--ifeval", type=Path, help="IFEval JSONL")
+    ev.add_argument(
+        "--qa", type=Path, help="closed-book QA JSONL (default: the sets the gate scores)"
+    )
+    ev.add_argument("--ifeval", type=Path, help="IFEval JSONL (default: the gate's)")
     ev.add_argument("--adapter", default="current", help="base | current | VERSION")
     ev.add_argument("--limit", type=int)
     ev.add_argument("--json", action="store_true")

@@ -1,9 +1,10 @@
 """`protege demo` (what `make demo` runs): the whole learning loop on the sandbox, offline.
 
 1. build (or reuse) the sandbox; 2. start the assistant server (a separate process);
-3. upload the day-1 documents; 4. ask about them; 5. run one nightly cycle now (mid-train, OPD,
-evaluate, register, promote, notify); 6. the server hot-swaps; 7. ask again; 8. print the
-before/after table and the server's URL.
+3. upload the day-1 documents; 4. ask three of their questions with retrieval on (grounded, with
+citations) and off (closed-book: the base does not know them); 5. run one nightly cycle now
+(mid-train, OPD, evaluate, gate, register, promote, notify); 6. the server hot-swaps; 7. ask the
+same questions with retrieval off again; 8. print the before/after table and the server's URL.
 
 Each demo gets a fresh workspace (database, index, adapters) under `<home>/demo/<time>/`, so it can
 be run again; the sandbox itself is built once under `<home>/sandbox` and reused.
@@ -26,6 +27,7 @@ import yaml
 from knowledge.errors import ProtegeError
 from knowledge.settings import Settings, dump_settings
 from learner.datasets import read_jsonl
+from learner.evals.qa import majority_flags, qa_correct
 from learner.pipeline import run_cycle
 from learner.sandbox.build import build_sandbox
 
@@ -53,7 +55,7 @@ def _wait_ready(url: str, proc: subprocess.Popen, timeout: float = 300) -> None:
     raise ProtegeError(f"the server did not become ready within {timeout:.0f} s")
 
 
-def _ask(client: httpx.Client, question: str) -> dict:
+def _ask(client: httpx.Client, question: str, retrieval: bool = True) -> dict:
     response = client.post(
         "/v1/chat/completions",
         json={
@@ -61,6 +63,7 @@ def _ask(client: httpx.Client, question: str) -> dict:
             "messages": [{"role": "user", "content": question}],
             "max_tokens": 48,
             "temperature": 0,
+            "retrieval": retrieval,  # protege's extension: False answers closed-book
         },
     )
     response.raise_for_status()
@@ -72,27 +75,40 @@ def _ask(client: httpx.Client, question: str) -> dict:
     }
 
 
-def _print_answers(title: str, questions: list[dict], answers: list[dict]) -> None:
+def _print_answers(title: str, questions: list[dict], answers: list[dict]) -> int:
+    """Print each answer with whether it holds the expected one; returns how many do."""
     print(f"\n--- {title} ---")
+    right = 0
     for q, a in zip(questions, answers, strict=True):
+        ok = qa_correct(a["answer"], q["answer"])
+        right += ok
+        sources = f"  sources: {a['sources']}" if a["sources"] else ""
         print(
             f"Q: {q['question']}\n   expected: {q['answer']}\n   [{a['version']}] {a['answer']!r}"
-            f"  sources: {a['sources']}"
+            f"  {'RIGHT' if ok else 'wrong'}{sources}"
         )
+    print(f"{right} of {len(questions)} right")
+    return right
+
+
+TABLE = [
+    ("closed-book QA, day-1 docs", "qa_closed_book"),
+    ("  majority baseline", "qa_majority"),
+    ("  non-majority items", "qa_nonmajority"),
+    ("IFEval strict", "ifeval_strict"),
+    ("IFEval loose", "ifeval_loose"),
+    ("QA on known entities", "known_qa"),
+    ("open-book QA (retrieval)", "qa_open_book"),
+    ("in-context reading", "incontext_qa"),
+]
 
 
 def _table(before: dict, after: dict) -> str:
-    rows = [
-        ("closed-book QA, day-1 docs", "qa_closed_book"),
-        ("IFEval strict", "ifeval_strict"),
-        ("IFEval loose", "ifeval_loose"),
-        ("QA on known entities", "known_qa"),
-    ]
     lines = [
         f"| {'metric':28} | {'before (base)':>13} | {'after (adapter)':>15} |",
         f"|{'-' * 30}|{'-' * 15}|{'-' * 17}|",
     ]
-    for label, key in rows:
+    for label, key in TABLE:
         if key in before or key in after:
             lines.append(
                 f"| {label:28} | {before.get(key, float('nan')):13.1%} | {after.get(key, float('nan')):15.1%} |"
@@ -100,7 +116,7 @@ def _table(before: dict, after: dict) -> str:
     return "\n".join(lines)
 
 
-def run_demo(settings: Settings, keep_serving: bool = True, n_questions: int = 4) -> int:
+def run_demo(settings: Settings, keep_serving: bool = True, n_questions: int = 3) -> int:
     started = time.perf_counter()
     timings: dict[str, float] = {}
     print(f"[demo] data directory: {settings.home}")
@@ -148,9 +164,13 @@ def run_demo(settings: Settings, keep_serving: bool = True, n_questions: int = 4
         timings["ingest"] = time.perf_counter() - t0
         print(f"[demo] uploaded {len(files)} {day.name} documents")
 
-        questions = read_jsonl(day.qa_file)[:n_questions]
+        questions = _demo_questions(read_jsonl(day.qa_file), n_questions)
         first = [_ask(client, q["question"]) for q in questions]
-        _print_answers("before the nightly cycle (retrieval on)", questions, first)
+        _print_answers(
+            "before the nightly cycle, retrieval on (grounded answers)", questions, first
+        )
+        closed = [_ask(client, q["question"], retrieval=False) for q in questions]
+        _print_answers("before the nightly cycle, retrieval off (closed-book)", questions, closed)
 
         print("\n[demo] running one nightly cycle now: mid-train -> distill -> evaluate -> promote")
         t0 = time.perf_counter()
@@ -159,19 +179,24 @@ def run_demo(settings: Settings, keep_serving: bool = True, n_questions: int = 4
         print(f"[demo] cycle: {result.status}: {result.message}")
 
         t0 = time.perf_counter()
-        answers = [_ask(client, q["question"]) for q in questions]
+
+        def closed_book() -> list[dict]:
+            return [_ask(client, q["question"], retrieval=False) for q in questions]
+
+        answers = closed_book()
         while (
             result.promoted
             and answers[-1]["version"] != result.version
             and time.perf_counter() - t0 < 60
         ):
             time.sleep(1)  # the server swaps on notify (or on its next registry poll)
-            answers = [_ask(client, q["question"]) for q in questions]
+            answers = closed_book()
         timings["swap + answers"] = time.perf_counter() - t0
         title = (
-            "after the cycle and the hot-swap"
+            f"after the cycle and the hot-swap to {result.version}, retrieval off (closed-book)"
             if result.promoted
-            else "after the cycle (the gate refused the candidate: the served model is unchanged)"
+            else "after the cycle (the gate refused the candidate: the served model is unchanged), "
+            "retrieval off"
         )
         _print_answers(title, questions, answers)
 
@@ -200,6 +225,20 @@ def run_demo(settings: Settings, keep_serving: bool = True, n_questions: int = 4
                 server.wait(timeout=15)
             except subprocess.TimeoutExpired:
                 server.kill()
+
+
+def _demo_questions(rows: list[dict], n: int) -> list[dict]:
+    """`n` questions of different kinds (team, city, project, ...), none with the majority answer
+    of its kind: the demo shows knowledge, not a lucky constant."""
+    flags = majority_flags(rows)
+    picked, kinds = [], set()
+    for row, majority in zip(rows, flags, strict=True):
+        if not majority and row.get("group") not in kinds:
+            picked.append(row)
+            kinds.add(row.get("group"))
+        if len(picked) == n:
+            break
+    return picked or rows[:n]
 
 
 def demo_workspace_root(settings: Settings) -> Path:

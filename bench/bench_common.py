@@ -7,10 +7,7 @@ root, so `bench/` is on sys.path).
 from __future__ import annotations
 
 import statistics
-import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -18,6 +15,7 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import PreTrainedModel
 
 from knowledge.settings import Settings, load_settings
+from learner.memory import StagePeaks  # noqa: F401 - the benches import it from here
 from learner.modeling import load_causal_lm
 
 CPU = torch.device("cpu")
@@ -53,42 +51,6 @@ def student(settings: Settings, path: Path, lora: bool, seed: int) -> PeftModel 
             task_type="CAUSAL_LM",
         ),
     )
-
-
-def _rss_mb() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * 4096 / 2**20
-
-
-class StagePeaks:
-    """Peak resident memory (MB) of each named stage, sampled every 20 ms by a thread.
-
-    peaks = StagePeaks()
-    with peaks.stage("midtrain"):
-        ...
-    peaks.mb  # {"midtrain": 812.0}
-    """
-
-    def __init__(self) -> None:
-        self.mb: dict[str, float] = {}
-
-    @contextmanager
-    def stage(self, name: str) -> Iterator[None]:
-        peak = [_rss_mb()]
-        done = threading.Event()
-
-        def poll() -> None:
-            while not done.wait(0.02):
-                peak[0] = max(peak[0], _rss_mb())
-
-        thread = threading.Thread(target=poll, daemon=True)
-        thread.start()
-        try:
-            yield
-        finally:
-            done.set()
-            thread.join()
-            self.mb[name] = max(self.mb.get(name, 0.0), peak[0], _rss_mb())
 
 
 class Timer:

@@ -3,17 +3,23 @@
     .venv/bin/python bench/personalization.py --size demo --seeds 0,1,2
 
 Every row starts from the base student (a fresh LoRA, or full fine-tuning for `:full` rows),
-trains on the day-1 documents with its recipe and is evaluated on closed-book QA about day 1,
-IFEval (held-out prompts) and QA about entities known before the cycle. Recipes:
+trains on the day-1 documents with its recipe (night 1 of the nightly cycle) and is evaluated on
+closed-book QA about day 1 (with the majority baseline and the non-majority accuracy beside it),
+IFEval (held-out prompts), QA about entities known before the cycle, interference, cloze recall
+and open-book reading. Recipes:
 
     base              no training
     mid100            mid-train on 100% documents
     mid70             mid-train on 70% documents / 30% chat re-sampled from the model (replay)
+    qa                documents + QA pairs of their facts (learner/qa_pairs.py) + 30% chat
+    qa+opd            qa, then OPD with the QA pairs' cross-entropy kept on (the default recipe)
+    qa+opd:noce       qa, then plain OPD (no QA cross-entropy)
+    qa+opd:priv       qa+opd where a share of prompts are questions about the new documents and
+                      the teacher reads the retrieved chunks (privileged context)
+    qa+opd:large      qa+opd with the sandbox's larger teacher
     mid70+opd         mid70, then OPD with teacher = the model before mid-training (reference)
     mid100+opd        mid100, then OPD (teacher = the model before mid-training)
-    mid100+opd:large  mid100, then OPD with the sandbox's larger teacher
-    mid100+opd:priv   mid100, then OPD where a share of prompts are questions about the new
-                      documents and the teacher reads the retrieved chunks (privileged context)
+    mid100+opd:priv   mid100, then privileged-context OPD
     mid70:full        mid70 with full fine-tuning instead of LoRA (lr / 10, the usual ratio)
     mid70+opd:full    that, then OPD at lr / 10 (teacher: the base student as a separate model)
 
@@ -39,24 +45,23 @@ from learner.datasets import chat_prompts, opd_prompts, read_jsonl, sandbox_mani
 from learner.doc_questions import with_passages
 from learner.evals.evaluate import evaluate_model
 from learner.modeling import load_tokenizer
+from learner.qa_pairs import QAPair
 from learner.sandbox.manifest import SandboxManifest
 from learner.teachers.base import BaseModelTeacher
 from learner.teachers.local import LocalTeacher
 
-ROWS = "base,mid100,mid70,mid70+opd,mid100+opd,mid100+opd:large,mid100+opd:priv,mid70:full"
+ROWS = "base,mid70,mid70+opd,qa,qa+opd:noce,qa+opd,qa+opd:priv"
 PRIVILEGED_SHARE = 0.25  # of each OPD step's prompts: questions about the new documents
 
 
-def doc_prompts(settings: Settings, manifest: SandboxManifest, workdir: Path):  # noqa: ANN201
-    """The day-1 training questions with the chunks a real store retrieves for them."""
+def day1_store(settings: Settings, manifest: SandboxManifest, workdir: Path) -> KnowledgeStore:
+    """A real store holding the day-1 documents (retrieval for open-book QA and privileged OPD)."""
     local = settings.model_copy(deep=True)
     local.sandbox.dir = settings.sandbox_dir
     local.home = workdir
     store = KnowledgeStore(local)
-    day = manifest.days[0]
-    store.ingest_paths(sorted(Path(day.documents_dir).glob("*.md")))
-    questions = [r["question"] for r in read_jsonl(Path(day.train_questions_file))]
-    return with_passages(store, questions, settings.knowledge.top_k)
+    store.ingest_paths(sorted(Path(manifest.days[0].documents_dir).glob("*.md")))
+    return store
 
 
 def run_row(recipe: str, settings: Settings, manifest: SandboxManifest, seed: int, ctx: dict):  # noqa: ANN201
@@ -65,37 +70,35 @@ def run_row(recipe: str, settings: Settings, manifest: SandboxManifest, seed: in
     tokenizer = load_tokenizer(manifest.student_dir)
     model = student(settings, manifest.student_dir, lora=not full, seed=seed)
     peaks, stats, timer = StagePeaks(), {}, Timer()
-    if name.startswith("mid"):
+    pairs = ctx["pairs"] if name.startswith("qa") else []
+    if name.startswith(("mid", "qa")):
         cfg = settings.learner.midtrain.model_copy()
         cfg.doc_fraction = 1.0 if name.startswith("mid100") else cfg.doc_fraction
+        cfg.qa_pairs = bool(pairs)
         cfg.lr = cfg.lr / 10 if full else cfg.lr
         with peaks.stage("midtrain"):
             stats |= midtrain.main(
-                model, tokenizer, ctx["documents"], ctx["chat"], cfg, seed, progress=False
-            )
+                model, tokenizer, ctx["documents"], ctx["chat"], cfg, seed, progress=False,
+                qa_pairs=pairs,
+            )  # fmt: skip
     if name.endswith("+opd"):
         cfg = settings.learner.distill.model_copy()
         cfg.lr = cfg.lr / 10 if full else cfg.lr
+        cfg.qa_ce_weight = 0.0 if variant == "noce" else cfg.qa_ce_weight
         extra: list = []
         if variant in ("large", "full"):  # full FT has no adapter to switch off: load the base
             path = manifest.teacher_dir if variant == "large" else manifest.student_dir
             teacher = LocalTeacher(path, tokenizer, torch.device("cpu"), "float32")
         else:
-            teacher = BaseModelTeacher(model)
+            teacher = BaseModelTeacher(model, "previous (base)")
         if variant == "priv":
             cfg.privileged_context, cfg.doc_question_share = True, PRIVILEGED_SHARE
             extra = ctx["doc_prompts"]
         with peaks.stage("distill"):
             stats |= distill.main(
-                model,
-                tokenizer,
-                teacher,
-                ctx["opd"],
-                cfg,
-                seed,
-                progress=False,
-                doc_prompts=extra,
-            )
+                model, tokenizer, teacher, ctx["opd"], cfg, seed, progress=False,
+                doc_prompts=extra, qa_pairs=pairs,
+            )  # fmt: skip
     seconds = timer.seconds
     day = manifest.days[0]
     with peaks.stage("evaluate"):
@@ -105,6 +108,9 @@ def run_row(recipe: str, settings: Settings, manifest: SandboxManifest, seed: in
             qa_file=day.qa_file,
             ifeval_file=day.ifeval_file,
             known_qa_file=manifest.known_qa_file,
+            cloze_file=day.cloze_file,
+            new_sets={day.name},
+            passages_for=ctx["passages_for"],
             max_new_tokens=settings.learner.eval.max_new_tokens,
             batch_size=settings.learner.eval.batch_size,
             limit=ctx["limit"],
@@ -114,7 +120,7 @@ def run_row(recipe: str, settings: Settings, manifest: SandboxManifest, seed: in
     return {
         "row": recipe,
         "seed": seed,
-        **{k: scores[k] for k in ("qa_closed_book", "ifeval_strict", "ifeval_loose", "known_qa")},
+        **{k: scores.get(k, 0.0) for k in FIGURES},
         "student_tokens": tokens,
         "teacher_tokens": tokens,  # the teacher scores every sampled token once
         "seconds": seconds,
@@ -122,11 +128,17 @@ def run_row(recipe: str, settings: Settings, manifest: SandboxManifest, seed: in
     }
 
 
+FIGURES = [
+    "qa_closed_book", "qa_majority", "qa_nonmajority", "ifeval_strict", "ifeval_loose",
+    "known_qa", "interference", "cloze", "qa_open_book",
+]  # fmt: skip
+
+
 def summary(rows: list[dict], names: list[str]) -> str:
     lines = [
-        "| row | QA day 1 | IFEval strict | earlier-days QA | student tok | teacher tok | "
-        "train s | peak MB (stage) |",
-        "|---|---|---|---|---|---|---|---|",
+        "| row | QA day 1 | majority baseline | non-majority QA | IFEval strict | earlier QA | "
+        "interference | cloze | open-book | student tok | train s | peak MB (stage) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name in names:
         group = [r for r in rows if r["row"] == name]
@@ -134,12 +146,14 @@ def summary(rows: list[dict], names: list[str]) -> str:
         for r in group:
             for stage, mb in r["peak_mb"].items():
                 peaks[stage] = max(peaks.get(stage, 0.0), mb)
+        cells = [
+            mean_spread([r[k] for r in group])
+            for k in ("qa_closed_book", "qa_majority", "qa_nonmajority", "ifeval_strict",
+                      "known_qa", "interference", "cloze", "qa_open_book")
+        ]  # fmt: skip
         lines.append(
-            f"| {name} | {mean_spread([r['qa_closed_book'] for r in group])} "
-            f"| {mean_spread([r['ifeval_strict'] for r in group])} "
-            f"| {mean_spread([r['known_qa'] for r in group])} "
+            f"| {name} | {' | '.join(cells)} "
             f"| {mean_spread([r['student_tokens'] for r in group], pct=False)} "
-            f"| {mean_spread([r['teacher_tokens'] for r in group], pct=False)} "
             f"| {mean_spread([r['seconds'] for r in group], pct=False)} "
             f"| {', '.join(f'{s} {mb:,.0f}' for s, mb in peaks.items())} |"
         )
@@ -163,16 +177,18 @@ def main() -> None:
     names = args.rows.split(",")
     day = manifest.days[0]
     with tempfile.TemporaryDirectory() as workdir:
+        store = day1_store(settings, manifest, Path(workdir))
+        train = read_jsonl(Path(day.train_questions_file))
         ctx = {
             "documents": [p.read_text() for p in sorted(Path(day.documents_dir).glob("*.md"))],
             "chat": chat_prompts(settings),
             "opd": opd_prompts(settings),
+            "pairs": [QAPair(r["question"], r["response"], r["answer"]) for r in train],
             "limit": args.limit,
-            "doc_prompts": (
-                doc_prompts(settings, manifest, Path(workdir))
-                if any(n.endswith(":priv") for n in names)
-                else []
+            "doc_prompts": with_passages(
+                store, [r["question"] for r in train], settings.knowledge.top_k
             ),
+            "passages_for": lambda q: [h.text for h in store.retrieve(q, settings.knowledge.top_k)],
         }
         rows = []
         for seed in (int(s) for s in args.seeds.split(",")):

@@ -33,11 +33,13 @@ class ModelsConfig(_Section):
     """Which models to use. `sandbox:<name>` resolves inside the built sandbox."""
 
     student: str = "sandbox:student"
-    # "base": the student before this cycle's mid-training (the reference recipe's teacher);
+    # "previous": the model served when the cycle starts, frozen: the reference recipe's "model
+    # before mid-training" (the base model while nothing is promoted; the served adapter after);
+    # "base": the raw base weights, whatever is served (forgets what earlier nights learned);
     # "server:http://host:port/v1[#model]": a completions server (vLLM, or another protege)
     # scoring with prompt_logprobs (learner/teachers/server.py);
     # anything else: a model folder or hub id sharing the student's tokenizer.
-    teacher: str = "base"
+    teacher: str = "previous"
     device: Literal["cpu", "cuda", "auto"] = "cpu"
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     torch_threads: int | None = None
@@ -96,7 +98,18 @@ class LoraConfig(_Section):
 
 
 class MidtrainConfig(_Section):
-    doc_fraction: float = Field(0.7, gt=0, le=1)  # share of training tokens from documents
+    """Mid-training (learner/midtrain.py): the new documents, their facts as QA pairs, replay of
+    earlier nights' documents and pairs, and background chat sampled from the model itself."""
+
+    # Share of label tokens from documents and QA pairs (new and replayed); the rest is
+    # background chat re-sampled from the current model.
+    doc_fraction: float = Field(0.7, gt=0, le=1)
+    # Train on question/answer pairs of the new documents' facts (learner/qa_pairs.py: the
+    # sandbox's training phrasings, else pairs the teacher writes from each chunk).
+    qa_pairs: bool = True
+    # Earlier documents and QA pairs replayed, in tokens per new token, drawn afresh each epoch.
+    replay_ratio: float = Field(1.0, ge=0)
+    replay_max_tokens: int = Field(200_000, ge=0)  # per epoch: bounds the cost as nights add up
     epochs: int = 20
     lr: float = 2e-3
     seq_len: int = 128
@@ -105,9 +118,8 @@ class MidtrainConfig(_Section):
     background_max_new_tokens: int = 48
     background_temperature: float = 1.0
     max_grad_norm: float = 1.0
-    chat_prompts_file: str | None = (
-        None  # JSONL {"messages": [...]} for background replay; sandbox: its own
-    )
+    # JSONL {"messages": [...]} for background replay; sandbox: its own
+    chat_prompts_file: str | None = None
 
 
 class DistillConfig(_Section):
@@ -129,6 +141,11 @@ class DistillConfig(_Section):
     # Share of each step's OPD prompts that are questions about the new documents (sandbox: its
     # training questions; otherwise written by the teacher from the chunks; learner/doc_questions.py).
     doc_question_share: float = Field(0.0, ge=0.0, le=1.0)
+    # Cross-entropy of the new facts' QA pairs added to the OPD loss with this weight (0: off):
+    # the teacher does not know the new facts, and OPD alone pulls them back out.
+    qa_ce_weight: float = Field(1.0, ge=0.0)
+    qa_ce_pairs_per_step: int = Field(16, gt=0)
+    qa_ce_anneal: bool = False  # the weight falls linearly to 0 over the OPD steps
 
     @model_validator(mode="after")
     def _doc_questions_need_context(self) -> DistillConfig:
@@ -140,9 +157,17 @@ class DistillConfig(_Section):
 
 
 class GateConfig(_Section):
+    """When a candidate is promoted (learner/gate.py); every rule must pass."""
+
     ifeval_margin: float = 0.05  # candidate IFEval may be at most this far below the base model's
-    qa_tolerance: float = 0.0  # candidate QA may be at most this far below the served adapter's
-    # QA on entities known before the cycle (earlier days' knowledge) may fall at most this much
+    # Candidate QA on the new documents' non-majority items (what a constant answer cannot get
+    # right) must be at least the served model's plus this.
+    min_new_qa_gain: float = 0.0
+    # Without set information in the QA file: all QA may be at most this far below the served's.
+    qa_tolerance: float = 0.0
+    # QA on each earlier set (earlier nights' documents) may fall at most this much.
+    earlier_qa_drop: float = 0.05
+    # QA on entities known before any document (the base's own knowledge) may fall at most this.
     known_qa_drop: float = 0.05
 
 

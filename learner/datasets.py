@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -25,9 +25,12 @@ if TYPE_CHECKING:  # the store pulls in Chroma: only its type is needed here
 
 @dataclass
 class EvalSets:
-    qa_file: Path | None
+    qa_file: Path | None  # QA rows of every set the gate scores ("set": a sandbox day)
     ifeval_file: Path | None
-    known_qa_file: Path | None
+    known_qa_file: Path | None  # what the model knew before any document (forgetting check)
+    new_sets: set[str] = field(default_factory=set)  # the sets about this cycle's new documents
+    cloze_file: Path | None = None  # document-recall probe (diagnostic, not gated)
+    incontext_qa_file: Path | None = None  # reading a passage with distractors (diagnostic)
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -88,7 +91,12 @@ def opd_prompts(settings: Settings) -> list[list[Message]]:
     return load_prompts(path)
 
 
-def eval_sets(settings: Settings, document_names: list[str], workdir: Path) -> EvalSets:
+def eval_sets(
+    settings: Settings, document_names: list[str], workdir: Path, new_names: Collection[str] = ()
+) -> EvalSets:
+    """The cycle's eval sets: configured files, or the sandbox's own. Sandbox: the QA (and cloze)
+    of every day with an ingested document among `document_names`; `new_sets` are the days with
+    a document among `new_names` (this cycle's new documents)."""
     cfg = settings.learner.eval
     sets = EvalSets(
         _configured(cfg.qa_file, "QA eval"),
@@ -98,15 +106,25 @@ def eval_sets(settings: Settings, document_names: list[str], workdir: Path) -> E
     if not uses_sandbox(settings):
         return sets
     manifest = sandbox_manifest(settings)
-    names = set(document_names)
-    days = [d for d in manifest.days if names & {p.name for p in d.documents_dir.iterdir()}]
+
+    def days_with(names: Collection[str]) -> list:
+        wanted = set(names)
+        return [d for d in manifest.days if wanted & {p.name for p in d.documents_dir.iterdir()}]
+
+    days = days_with(document_names)
     if sets.qa_file is None and days:
         workdir.mkdir(parents=True, exist_ok=True)
         combined = workdir / "qa_eval.jsonl"
         combined.write_text("".join(d.qa_file.read_text() for d in days))
         sets.qa_file = combined
+        sets.new_sets = {d.name for d in days_with(new_names)}
+        clozes = [d.cloze_file for d in days if d.cloze_file]
+        if clozes:
+            sets.cloze_file = workdir / "cloze_eval.jsonl"
+            sets.cloze_file.write_text("".join(p.read_text() for p in clozes))
     sets.ifeval_file = sets.ifeval_file or manifest.days[0].ifeval_file
     sets.known_qa_file = sets.known_qa_file or manifest.known_qa_file
+    sets.incontext_qa_file = manifest.incontext_qa_file
     return sets
 
 

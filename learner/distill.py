@@ -5,6 +5,9 @@ returns the log-prob of every sampled token in one forward pass; the per-token a
 `-kl_coef * (logp_student - logp_teacher)` (reverse KL; discount 0 by default); the update
 minimises the importance-sampling policy-gradient loss over completion tokens.
 
+The cross-entropy of the new facts' QA pairs can be kept on beside the OPD loss
+(`qa_ce_weight`, optionally annealed to 0), so OPD restores behaviour without removing them.
+
 Questions about the new documents (`doc_prompts`, learner/doc_questions.py) fill
 `doc_question_share` of each step's prompts; with `privileged_context` the teacher scores their
 answers with the retrieved passages in its prompt (learner/teachers/privileged.py).
@@ -14,6 +17,7 @@ answers with the retrieved passages in its prompt (learner/teachers/privileged.p
 
 from __future__ import annotations
 
+import functools
 import random
 import time
 from collections.abc import Callable
@@ -26,11 +30,20 @@ from transformers import PreTrainedTokenizerBase
 from knowledge.errors import BadInputError
 from knowledge.settings import DistillConfig
 from learner.generation import Message
-from learner.losses import importance_sampling_loss, mean_reverse_kl, reverse_kl_advantages
-from learner.sampling import LocalSampler, SampleBatch, Sampler
+from learner.losses import (
+    causal_lm_loss,
+    importance_sampling_loss,
+    mean_reverse_kl,
+    reverse_kl_advantages,
+)
+from learner.packing import Example, chat_example, pack
+from learner.qa_pairs import QAPair
+from learner.sampling import LocalSampler, SampleBatch, Sampler, position_ids_for
 from learner.scoring import completion_logprobs
 from learner.teachers import Teacher
 from learner.teachers.privileged import ContextPrompt, Passages, logprobs_with_context
+
+QA_SEQ_LEN = 128  # rows the QA pairs are packed into for the cross-entropy term
 
 
 def policy_gradient_step(
@@ -39,8 +52,10 @@ def policy_gradient_step(
     params: list[torch.nn.Parameter],
     batch: SampleBatch,
     advantages_B_T: torch.Tensor,
+    extra_loss: Callable[[], torch.Tensor] | None = None,
 ) -> float:
-    """One update with the importance-sampling loss on `batch`'s completion tokens; the loss.
+    """One update with the importance-sampling loss on `batch`'s completion tokens (plus
+    `extra_loss()`, e.g. the QA cross-entropy); returns the policy-gradient loss.
 
     OPD's update (advantages from the teacher); bench/restore_cost.py's RL baseline uses it too.
     """
@@ -53,11 +68,41 @@ def policy_gradient_step(
         train_lp_B_T, batch.sampler_logprobs_B_T, advantages_B_T, mask_B_T
     )
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    total = loss + extra_loss() if extra_loss is not None else loss
+    total.backward()
     torch.nn.utils.clip_grad_norm_(params, 1.0)
     optimizer.step()
     model.eval()
     return loss.item()
+
+
+def qa_cross_entropy(
+    model: PeftModel, examples: list[Example], n: int, seq_len: int, pad_id: int, rng: random.Random
+) -> torch.Tensor:
+    """Mean next-token cross-entropy on `n` QA examples drawn at random (answer tokens only)."""
+    rows = pack(rng.sample(examples, min(n, len(examples))), seq_len, pad_id, rng.randrange(2**31))
+    ids_B_T, labels_B_T = rows.to(next(model.parameters()).device).unbind(1)
+    attention = torch.ones_like(ids_B_T, dtype=torch.bool)
+    logits = model(input_ids=ids_B_T, position_ids=position_ids_for(attention)).logits
+    return causal_lm_loss(logits, labels_B_T)
+
+
+def _weighted_qa_loss(
+    weight: float,
+    model: PeftModel,
+    examples: list[Example],
+    n: int,
+    pad_id: int,
+    rng: random.Random,
+) -> torch.Tensor:
+    return weight * qa_cross_entropy(model, examples, n, QA_SEQ_LEN, pad_id, rng)
+
+
+def qa_weight(cfg: DistillConfig, step: int) -> float:
+    """The QA cross-entropy's weight at `step`: constant, or linearly down to 0 when annealed."""
+    if not cfg.qa_ce_anneal:
+        return cfg.qa_ce_weight
+    return cfg.qa_ce_weight * (1 - step / max(1, cfg.steps))
 
 
 def main(
@@ -71,8 +116,14 @@ def main(
     log: Callable[[dict], None] | None = None,
     progress: bool = True,
     doc_prompts: list[ContextPrompt] | None = None,
+    qa_pairs: list[QAPair] | None = None,
 ) -> dict:
-    """Train the model's active adapter in place; returns summary stats."""
+    """Train the model's active adapter in place; returns summary stats.
+
+    With `qa_pairs` and `cfg.qa_ce_weight` > 0 each step also minimises the cross-entropy of
+    `cfg.qa_ce_pairs_per_step` of those pairs (the new facts stay while OPD restores behaviour:
+    the teacher does not know them and would pull them out otherwise).
+    """
     if not prompts:
         raise BadInputError("OPD needs at least one prompt")
     torch.manual_seed(seed)
@@ -85,6 +136,7 @@ def main(
     timings = {"sample": 0.0, "teacher": 0.0, "update": 0.0}
     student_tokens, kls = 0, []
     doc_prompts = doc_prompts or []
+    qa_examples = [chat_example(tokenizer, p.messages(), p.response) for p in qa_pairs or []]
     n_doc = min(len(doc_prompts), round(cfg.doc_question_share * cfg.prompts_per_step))
     bar = tqdm(range(cfg.steps), desc="distill (OPD)", unit="step", disable=not progress)
     for step in bar:
@@ -108,7 +160,14 @@ def main(
         advantages_B_T = reverse_kl_advantages(
             batch.sampler_logprobs_B_T, teacher_lp_B_T, mask_B_T, cfg.kl_coef, cfg.discount
         )
-        loss = policy_gradient_step(model, optimizer, params, batch, advantages_B_T)
+        weight = qa_weight(cfg, step) if qa_examples else 0.0
+        extra = None
+        if weight > 0:
+            extra = functools.partial(
+                _weighted_qa_loss, weight, model, qa_examples, cfg.qa_ce_pairs_per_step,
+                tokenizer.pad_token_id, rng,
+            )  # fmt: skip
+        loss = policy_gradient_step(model, optimizer, params, batch, advantages_B_T, extra)
         t3 = time.perf_counter()
         timings["sample"] += t1 - t0
         timings["teacher"] += t2 - t1
@@ -138,5 +197,6 @@ def main(
         "distill_reverse_kl_first": kls[0] if kls else None,
         "distill_reverse_kl_last": kls[-1] if kls else None,
         "distill_student_tokens": student_tokens,
+        "distill_qa_ce_pairs": len(qa_examples) if cfg.qa_ce_weight > 0 else 0,
         **{f"distill_{k}_seconds": round(v, 2) for k, v in timings.items()},
     }

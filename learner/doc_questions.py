@@ -1,32 +1,26 @@
-"""OPD prompts about the new documents, each with the chunks retrieval finds for it.
+"""OPD prompts about the new documents, each with the chunks retrieval finds for it; the teacher
+that writes; the eval questions nothing trains on.
 
 The passages are the privileged context: the teacher reads them, the student answers closed-book
-(learner/teachers/privileged.py). Where the questions come from:
-
-- sandbox: the ingested days' training questions (`train_questions.jsonl`: other phrasings of the
-  day's facts than the QA eval, never the same question);
-- otherwise: the teacher writes one question per chunk of the new documents at training time.
-
-Either way a question that matches an eval question or IFEval prompt (normalised) is dropped, so
+(learner/teachers/privileged.py). The questions are those of the new documents' QA pairs
+(learner/qa_pairs.py: the sandbox's training phrasings, else written by the teacher from each
+chunk), from which every eval question and IFEval prompt (normalised) is already left out, so
 OPD never trains on what the gate measures.
 
-    doc_prompts = doc_question_prompts(settings, store, new_docs, sets, write)
+    doc_prompts = doc_question_prompts(settings, store, new_pairs)
 """
 
 from __future__ import annotations
 
-import random
-from collections.abc import Callable
-from pathlib import Path
 from typing import TYPE_CHECKING
 
-from knowledge.prompting import grounded_user_message
 from knowledge.settings import Settings
-from learner.datasets import EvalSets, read_jsonl, sandbox_manifest, uses_sandbox
+from learner.datasets import EvalSets, read_jsonl
 from learner.evals.qa import normalize
 from learner.generation import Message, generate_texts
+from learner.qa_pairs import QAPair, Writer
 from learner.teachers import Teacher
-from learner.teachers.local import LocalTeacher
+from learner.teachers.factory import teacher_weights
 from learner.teachers.privileged import ContextPrompt
 
 if TYPE_CHECKING:  # the store pulls in Chroma: only its type is needed here
@@ -34,30 +28,16 @@ if TYPE_CHECKING:  # the store pulls in Chroma: only its type is needed here
     from transformers import PreTrainedTokenizerBase
 
     from knowledge.store import KnowledgeStore
-    from knowledge.tables import Document
-
-# Written with a chunk in knowledge.prompting's grounded format, the one the models read context in.
-WRITE_QUESTION = "Write one question that these documents answer. Reply with the question only."
-
-Writer = Callable[[list[list[Message]]], list[str]]  # conversations -> one reply each
-
-
-def question_request(chunk: str) -> list[Message]:
-    """The conversation that asks the teacher for a question about `chunk`."""
-    return [{"role": "user", "content": grounded_user_message(WRITE_QUESTION, [chunk])}]
 
 
 def teacher_writer(
     teacher: Teacher, student: PeftModel, tokenizer: PreTrainedTokenizerBase, max_new_tokens: int
 ) -> Writer:
-    """Greedy replies from the teacher's weights: a local teacher's model, otherwise (the base
-    teacher; a server teacher, which only scores) the student's base weights, adapter off."""
+    """Greedy replies from the teacher's weights (learner.teachers.factory.teacher_weights)."""
 
     def write(conversations: list[list[Message]]) -> list[str]:
-        if isinstance(teacher, LocalTeacher):
-            return generate_texts(teacher.model, tokenizer, conversations, max_new_tokens)
-        with student.disable_adapter():
-            return generate_texts(student, tokenizer, conversations, max_new_tokens)
+        with teacher_weights(teacher, student) as writer:
+            return generate_texts(writer, tokenizer, conversations, max_new_tokens)
 
     return write
 
@@ -75,36 +55,6 @@ def eval_questions(sets: EvalSets) -> set[str]:
     return seen
 
 
-def clean_questions(replies: list[str], exclude: set[str]) -> list[str]:
-    """First line of each reply, kept when it is a question, new, and not an eval question."""
-    kept, seen = [], set(exclude)
-    for reply in replies:
-        lines = reply.strip().splitlines()
-        question = lines[0].strip() if lines else ""
-        key = normalize(question)
-        if not question.endswith("?") or not key or key in seen:
-            continue
-        seen.add(key)
-        kept.append(question)
-    return kept
-
-
-def sandbox_questions(settings: Settings, document_names: list[str]) -> list[str]:
-    """Training questions of the sandbox days whose documents are among `document_names`."""
-    names = set(document_names)
-    questions = []
-    for day in sandbox_manifest(settings).days:
-        if day.train_questions_file and names & {p.name for p in day.documents_dir.iterdir()}:
-            questions += [row["question"] for row in read_jsonl(Path(day.train_questions_file))]
-    return questions
-
-
-def written_questions(chunks: list[str], write: Writer, n: int, seed: int) -> list[str]:
-    """One question per chunk, for `n` chunks drawn at random (OPD uses no more prompts)."""
-    picked = random.Random(seed).sample(chunks, min(n, len(chunks)))
-    return write([question_request(chunk) for chunk in picked])
-
-
 def with_passages(store: KnowledgeStore, questions: list[str], k: int) -> list[ContextPrompt]:
     """Each question with the company chunks retrieval finds for it (as serving grounds one).
 
@@ -120,21 +70,9 @@ def with_passages(store: KnowledgeStore, questions: list[str], k: int) -> list[C
 
 
 def doc_question_prompts(
-    settings: Settings,
-    store: KnowledgeStore,
-    documents: list[Document],
-    sets: EvalSets,
-    write: Writer,
+    settings: Settings, store: KnowledgeStore, pairs: list[QAPair]
 ) -> list[ContextPrompt]:
-    """The cycle's document questions with their passages; [] when `doc_question_share` is 0."""
-    cfg = settings.learner.distill
-    if cfg.doc_question_share == 0 or not documents:
+    """The new documents' questions with their passages; [] when `doc_question_share` is 0."""
+    if settings.learner.distill.doc_question_share == 0 or not pairs:
         return []
-    if uses_sandbox(settings):
-        replies = sandbox_questions(settings, [d.name for d in documents])
-    else:
-        chunks = [c.text for c in store.chunks_for([d.id for d in documents])]
-        needed = cfg.steps * round(cfg.doc_question_share * cfg.prompts_per_step)
-        replies = written_questions(chunks, write, needed, settings.learner.seed)
-    questions = clean_questions(replies, eval_questions(sets))
-    return with_passages(store, questions, settings.knowledge.top_k)
+    return with_passages(store, [p.question for p in pairs], settings.knowledge.top_k)

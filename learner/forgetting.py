@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass
 
 from knowledge.settings import Settings
 from knowledge.store import KnowledgeStore
+from learner.qa_pairs import forget_pairs
 from learner.registry import BASE, FORGET, Registry
 
 log = logging.getLogger("protege.forgetting")
@@ -60,6 +61,7 @@ def forget_document(
     registry = Registry(settings)
     served_before = registry.served_version()
     deleted = store.delete_document(doc_id, deleted_by=actor)
+    forget_pairs(settings, deleted.document_ids)  # the QA pairs written from it go too
     served = served_before
     if deleted.adapters:
         reason = f"trained on forgotten document {doc_id} (versions {deleted.document_ids})"

@@ -21,6 +21,34 @@ def chat_prompt(tokenizer: PreTrainedTokenizerBase, messages: list[Message]) -> 
 
 
 @torch.no_grad()
+def complete_texts(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prefixes: list[str],
+    max_new_tokens: int,
+    batch_size: int = 32,
+) -> list[str]:
+    """Greedy continuations of plain text (no chat template): the cloze probe's document recall."""
+    outputs: list[str] = []
+    device = next(model.parameters()).device
+    for start in range(0, len(prefixes), batch_size):
+        batch = prefixes[start : start + batch_size]
+        enc = tokenizer(batch, return_tensors="pt", padding=True, add_special_tokens=False).to(
+            device
+        )
+        out = model.generate(
+            **enc,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=stop_token_ids(tokenizer) + [tokenizer.pad_token_id],
+        )
+        new_tokens = out[:, enc["input_ids"].shape[1] :]
+        outputs.extend(tokenizer.batch_decode(new_tokens, skip_special_tokens=True))
+    return [text.strip() for text in outputs]
+
+
+@torch.no_grad()
 def generate_texts(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,

@@ -1,10 +1,19 @@
-"""Recipe: mid-training a LoRA adapter on new documents mixed with re-sampled background chat.
+"""Recipe: mid-training a LoRA adapter on the new documents, their facts as question/answer
+pairs, replay of earlier documents and pairs, and re-sampled background chat.
 
-The background chat answers are sampled from the current model itself (on-policy replay), so
-replay teaches "keep behaving as you do" rather than some other model's style. Documents are
-`cfg.doc_fraction` of the label tokens, chat the rest; prompt tokens are masked; rows are packed.
+- New material: the documents (every token trained) and, with `cfg.qa_pairs`, QA pairs of their
+  facts (learner/qa_pairs.py; answer tokens trained): documents alone barely become answers.
+- Replay: earlier nights' documents and pairs, `cfg.replay_ratio` tokens per new token (each in
+  the new material's proportions, at most `cfg.replay_max_tokens`), drawn afresh every epoch, so
+  the new facts do not overwrite the old ones and the cost stays bounded as nights accumulate.
+- Background chat answers are sampled from the current model itself (on-policy replay), so it
+  teaches "keep behaving as you do" rather than some other model's style; documents and pairs
+  (new and replayed) are `cfg.doc_fraction` of the label tokens, chat the rest.
 
-    stats = main(peft_model, tokenizer, documents=[...], chat_prompts=[...], cfg=settings.learner.midtrain)
+Prompt tokens are masked; rows are packed.
+
+    stats = main(peft_model, tokenizer, documents, chat_prompts, settings.learner.midtrain,
+                  qa_pairs=pairs, replay_documents=old_docs, replay_pairs=old_pairs)
 """
 
 from __future__ import annotations
@@ -23,7 +32,15 @@ from knowledge.errors import BadInputError
 from knowledge.settings import MidtrainConfig
 from learner.generation import Message, generate_texts
 from learner.losses import causal_lm_loss
-from learner.packing import Example, chat_example, document_example, n_label_tokens, pack
+from learner.packing import (
+    Example,
+    chat_example,
+    document_example,
+    n_label_tokens,
+    n_tokens,
+    pack,
+)
+from learner.qa_pairs import QAPair
 from learner.sampling import position_ids_for
 
 
@@ -73,6 +90,18 @@ def _lr_at(step: int, total: int, cfg: MidtrainConfig) -> float:
     return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
+def replay_sample(examples: list[Example], budget: int, rng: random.Random) -> list[Example]:
+    """Examples drawn at random until about `budget` label tokens (all of them if fewer)."""
+    order = rng.sample(examples, len(examples))
+    out, tokens = [], 0
+    for example in order:
+        if tokens >= budget:
+            break
+        out.append(example)
+        tokens += n_label_tokens([example])
+    return out
+
+
 def main(
     model: PeftModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -82,23 +111,48 @@ def main(
     seed: int = 0,
     log: Callable[[dict], None] | None = None,
     progress: bool = True,
+    qa_pairs: list[QAPair] | None = None,
+    replay_documents: list[str] | None = None,
+    replay_pairs: list[QAPair] | None = None,
 ) -> dict:
     """Train the model's active adapter in place; returns summary stats."""
     if not documents:
         raise BadInputError("mid-training needs at least one document")
     torch.manual_seed(seed)
+    rng = random.Random(seed)
     doc_examples = [document_example(tokenizer, text) for text in documents]
-    doc_tokens = n_label_tokens(doc_examples)
-    chat_target = int(doc_tokens * (1 - cfg.doc_fraction) / cfg.doc_fraction)
+    pairs = qa_pairs if cfg.qa_pairs and qa_pairs else []
+    qa_examples = [chat_example(tokenizer, p.messages(), p.response) for p in pairs]
+    old_docs = [document_example(tokenizer, t) for t in replay_documents or []]
+    old_pairs = replay_pairs if cfg.qa_pairs and replay_pairs else []
+    old_qa = [chat_example(tokenizer, p.messages(), p.response) for p in old_pairs]
+    doc_tokens, qa_tokens = n_label_tokens(doc_examples), n_label_tokens(qa_examples)
+    # Replay budgets, in the new material's proportions, capped so old nights stay cheap.
+    scale = min(
+        cfg.replay_ratio,
+        cfg.replay_max_tokens / max(1, doc_tokens + qa_tokens),
+    )
+    doc_budget, qa_budget = int(doc_tokens * scale), int(qa_tokens * scale)
+    replay_tokens = min(doc_budget, n_label_tokens(old_docs)) + min(
+        qa_budget, n_label_tokens(old_qa)
+    )
+    material = doc_tokens + qa_tokens + replay_tokens
+    chat_target = int(material * (1 - cfg.doc_fraction) / cfg.doc_fraction)
     t0 = time.perf_counter()
     chat_examples = sample_background(
         model, tokenizer, chat_prompts, chat_target, cfg, seed, progress
     )
     sample_seconds = time.perf_counter() - t0
-    examples = doc_examples + chat_examples
-    rows_per_epoch = pack(examples, cfg.seq_len, tokenizer.pad_token_id, seed).shape[0]
-    steps_per_epoch = max(1, -(-rows_per_epoch // cfg.batch_size))
-    total_steps = steps_per_epoch * cfg.epochs
+    fixed = doc_examples + qa_examples + chat_examples
+
+    def epoch_examples() -> list[Example]:
+        return (
+            fixed + replay_sample(old_docs, doc_budget, rng) + replay_sample(old_qa, qa_budget, rng)
+        )
+
+    epochs = [epoch_examples() for _ in range(cfg.epochs)]
+    rows_per_epoch = [-(-n_tokens(examples) // cfg.seq_len) for examples in epochs]
+    total_steps = sum(max(1, -(-rows // cfg.batch_size)) for rows in rows_per_epoch)
 
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
@@ -107,7 +161,7 @@ def main(
     step, tokens_seen, last_loss = 0, 0, float("nan")
     t_train = time.perf_counter()
     bar = tqdm(total=total_steps, desc="mid-train", unit="step", disable=not progress)
-    for epoch in range(cfg.epochs):
+    for epoch, examples in enumerate(epochs):
         rows = pack(examples, cfg.seq_len, tokenizer.pad_token_id, seed + epoch).to(device)
         for start in range(0, rows.shape[0], cfg.batch_size):
             ids_B_T, labels_B_T = rows[start : start + cfg.batch_size].unbind(1)
@@ -135,6 +189,9 @@ def main(
         "midtrain_steps": step,
         "midtrain_final_loss": last_loss,
         "midtrain_doc_tokens": doc_tokens,
+        "midtrain_qa_pairs": len(qa_examples),
+        "midtrain_qa_tokens": qa_tokens,
+        "midtrain_replay_tokens_per_epoch": replay_tokens,
         "midtrain_chat_tokens": n_label_tokens(chat_examples),
         "midtrain_tokens_seen": tokens_seen,
         "midtrain_sample_seconds": round(sample_seconds, 2),

@@ -17,7 +17,7 @@ import logging
 import os
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,11 +33,13 @@ from knowledge.store import KnowledgeStore
 from knowledge.tables import utcnow
 from learner import distill, midtrain
 from learner.datasets import eligible_documents, eval_sets, training_prompts
-from learner.doc_questions import doc_question_prompts, teacher_writer
+from learner.doc_questions import doc_question_prompts, eval_questions, teacher_writer
 from learner.evals.evaluate import evaluate_model
 from learner.failures import describe_failure, require_gpu
 from learner.forgetting import rebuild_reason
+from learner.gate import passes_gate
 from learner.lease import CycleLease
+from learner.memory import StagePeaks
 from learner.modeling import (
     configure_threads,
     load_causal_lm,
@@ -46,12 +48,11 @@ from learner.modeling import (
     torch_device,
 )
 from learner.plan import count_tokens, work_tokens
+from learner.qa_pairs import document_pairs
 from learner.recovery import recover_after_crash
 from learner.registry import BASE, Registry
 from learner.tables import Run
-from learner.teachers.base import BaseModelTeacher
-from learner.teachers.local import LocalTeacher
-from learner.teachers.server import ServerTeacher
+from learner.teachers.factory import cycle_teacher
 from learner.webhook import send_webhook
 
 log = logging.getLogger("protege.pipeline")
@@ -68,6 +69,8 @@ class CycleResult:
     base: dict = field(default_factory=dict)  # base model (no adapter)
     after: dict = field(default_factory=dict)  # the candidate
     seconds: dict = field(default_factory=dict)
+    peak_rss_mb: dict = field(default_factory=dict)  # per stage
+    gate: str = ""  # "passed" or why the candidate was refused
 
 
 class _RunLog:
@@ -87,6 +90,7 @@ class _RunLog:
         (self.dir / "config.json").write_text(json.dumps(dump_settings(settings), indent=2))
         self._metrics = (self.dir / "metrics.jsonl").open("a")
         self.seconds: dict[str, float] = {}
+        self.peaks = StagePeaks()  # peak resident MiB per stage
         self.summary: dict = {}  # metrics_json while the run goes (timings so far, data)
 
     def metric(self, record: dict) -> None:
@@ -109,37 +113,17 @@ class _RunLog:
         log.info("run %s: stage %s", self.id, name)
         pause_point(f"stage:{name}")
         start = time.perf_counter()
-        yield
+        with self.peaks.stage(name):
+            yield
         self.seconds[name] = round(time.perf_counter() - start, 2)
         # timings on the row as they happen, so `protege runs show` has them for failed runs too
-        self.update(metrics_json=json.dumps({**self.summary, "seconds": self.seconds}))
+        self.update(metrics_json=json.dumps(self.progress()))
+
+    def progress(self) -> dict:
+        return {**self.summary, "seconds": self.seconds, "peak_rss_mb": self.peaks.mb}
 
     def close(self) -> None:
         self._metrics.close()
-
-
-def passes_gate(settings: Settings, before: dict, base: dict, after: dict) -> tuple[bool, str]:
-    """QA not below the served adapter's (minus tolerance); IFEval within margin of the base;
-    QA on earlier knowledge (known entities) at most `known_qa_drop` below the served adapter's."""
-    gate = settings.learner.gate
-    reasons = []
-    if (
-        "qa_closed_book" in after
-        and after["qa_closed_book"] < before["qa_closed_book"] - gate.qa_tolerance
-    ):
-        reasons.append(f"QA {after['qa_closed_book']:.3f} < served {before['qa_closed_book']:.3f}")
-    if (
-        "ifeval_strict" in after
-        and after["ifeval_strict"] < base["ifeval_strict"] - gate.ifeval_margin
-    ):
-        reasons.append(
-            f"IFEval {after['ifeval_strict']:.3f} < base {base['ifeval_strict']:.3f} - {gate.ifeval_margin}"
-        )
-    if "known_qa" in after and after["known_qa"] < before.get("known_qa", 0.0) - gate.known_qa_drop:
-        reasons.append(
-            f"known QA {after['known_qa']:.3f} < served {before['known_qa']:.3f} - {gate.known_qa_drop}"
-        )
-    return (not reasons, "; ".join(reasons) or "passed")
 
 
 def notify_serving(settings: Settings) -> str:
@@ -162,7 +146,8 @@ def notify_serving(settings: Settings) -> str:
 
 
 def _evaluate(settings: Settings, model, tokenizer, sets, progress: bool, store) -> dict:  # noqa: ANN001
-    """Closed-book QA, open-book QA (the store's company chunks in the prompt), IFEval, known QA."""
+    """Closed-book QA per set (majority baseline beside it), open-book QA (the store's company
+    chunks in the prompt), IFEval, known QA, cloze recall, in-context reading, interference."""
     cfg = settings.learner.eval
     top_k = settings.knowledge.top_k
     return evaluate_model(
@@ -171,6 +156,9 @@ def _evaluate(settings: Settings, model, tokenizer, sets, progress: bool, store)
         qa_file=sets.qa_file,
         ifeval_file=sets.ifeval_file,
         known_qa_file=sets.known_qa_file,
+        incontext_qa_file=sets.incontext_qa_file,
+        cloze_file=sets.cloze_file,
+        new_sets=sets.new_sets,
         passages_for=lambda question: [hit.text for hit in store.retrieve(question, top_k)],
         max_new_tokens=cfg.max_new_tokens,
         batch_size=cfg.batch_size,
@@ -216,9 +204,10 @@ def _cycle(
                     "no new company documents since the served adapter; nothing to train"
                 )
             lineage = sorted(set(trained_ids) | {d.id for d in new_docs})
+            earlier_docs = [d for d in store.list_documents() if d.id in set(trained_ids)]
             documents = [store.document_text(d.id) for d in new_docs]
             names = [d.name for d in store.list_documents() if d.id in set(lineage)]
-            sets = eval_sets(settings, names, run.dir)
+            sets = eval_sets(settings, names, run.dir, [d.name for d in new_docs])
             student_path = resolve_model_ref(settings, settings.models.student)
             device = torch_device(settings)
             tokenizer = load_tokenizer(student_path)
@@ -231,6 +220,7 @@ def _cycle(
                 {
                     "stage": "select",
                     "new_documents": [d.id for d in new_docs],
+                    "earlier_documents": [d.id for d in earlier_docs],
                     "served": served,
                     "rebuild": rebuild,
                 }
@@ -249,47 +239,50 @@ def _cycle(
                     base = _evaluate(settings, model, tokenizer, sets, progress, store)
             run.metric({"stage": "evaluate_before", "served": before, "base": base})
 
-        with run.stage("midtrain"):
-            mid = midtrain.main(
-                model,
-                tokenizer,
-                documents,
-                prompts.chat,
-                settings.learner.midtrain,
-                settings.learner.seed,
-                run.metric,
-                progress,
+        # The teacher (the served model, frozen, by default) writes the QA pairs of documents
+        # without any and scores OPD: open from mid-training through distillation.
+        with ExitStack() as stack:
+            served_dir = None if served == BASE else registry.verify(served)
+            teacher = stack.enter_context(
+                cycle_teacher(settings, model, tokenizer, device, served, served_dir)
             )
+            write = teacher_writer(teacher, model, tokenizer, settings.learner.eval.max_new_tokens)
+            with run.stage("midtrain"):
+                pairs = document_pairs(
+                    settings, store, new_docs + earlier_docs, eval_questions(sets), write
+                )
+                new_pairs = [p for d in new_docs for p in pairs[d.id]]
+                mid = midtrain.main(
+                    model,
+                    tokenizer,
+                    documents,
+                    prompts.chat,
+                    settings.learner.midtrain,
+                    settings.learner.seed,
+                    run.metric,
+                    progress,
+                    qa_pairs=new_pairs,
+                    replay_documents=[store.document_text(d.id) for d in earlier_docs],
+                    replay_pairs=[p for d in earlier_docs for p in pairs[d.id]],
+                )
 
-        with run.stage("distill"):
-            if settings.models.teacher == "base":
-                teacher = BaseModelTeacher(model)
-            elif settings.models.teacher.startswith("server:"):  # checked before any OPD step
-                teacher = ServerTeacher.from_ref(settings.models.teacher, tokenizer)
-            else:
-                teacher_path = resolve_model_ref(settings, settings.models.teacher)
-                teacher = LocalTeacher(teacher_path, tokenizer, device, settings.models.dtype)
-            opd = distill.main(
-                model,
-                tokenizer,
-                teacher,
-                prompts.opd,
-                settings.learner.distill,
-                settings.learner.seed,
-                log=run.metric,
-                progress=progress,
-                doc_prompts=doc_question_prompts(
-                    settings,
-                    store,
-                    new_docs,
-                    sets,
-                    teacher_writer(teacher, model, tokenizer, settings.learner.eval.max_new_tokens),
-                ),
-            )
+            with run.stage("distill"):
+                opd = distill.main(
+                    model,
+                    tokenizer,
+                    teacher,
+                    prompts.opd,
+                    settings.learner.distill,
+                    settings.learner.seed,
+                    log=run.metric,
+                    progress=progress,
+                    doc_prompts=doc_question_prompts(settings, store, new_pairs),
+                    qa_pairs=new_pairs if settings.learner.midtrain.qa_pairs else [],
+                )
 
         with run.stage("evaluate"):
             after = _evaluate(settings, model, tokenizer, sets, progress, store)
-            ok, why = passes_gate(settings, before, base, after)
+            ok, why = passes_gate(settings, before, base, after, sets.new_sets)
             run.metric({"stage": "evaluate", "candidate": after, "gate": why})
 
         with run.stage("register"):
@@ -320,11 +313,21 @@ def _cycle(
             stage="done",
             message=message,
             adapter_version=version,
-            metrics_json=json.dumps({**metrics, **run.summary, "seconds": run.seconds}),
+            metrics_json=json.dumps({**metrics, **run.progress()}),
             finished_at=utcnow(),
         )
         return CycleResult(
-            run.id, "succeeded", message, version, ok, before, base, after, run.seconds
+            run.id,
+            "succeeded",
+            message,
+            version,
+            ok,
+            before,
+            base,
+            after,
+            run.seconds,
+            run.peaks.mb,
+            why,
         )
     except NothingToTrainError as exc:
         run.update(status="skipped", message=str(exc), finished_at=utcnow())

@@ -38,6 +38,8 @@ def write_profile(
                 "ifeval_margin": 1.0,
                 "qa_tolerance": 1.0,
                 "known_qa_drop": 1.0,
+                "earlier_qa_drop": 1.0,
+                "min_new_qa_gain": -1.0,
             },  # mechanics only: promote
             "eval": {"max_new_tokens": 4, "batch_size": 64},
         },

@@ -40,7 +40,13 @@ def tiny_settings(home, manifest) -> Settings:
             midtrain=MidtrainConfig(epochs=2, batch_size=8, seq_len=64, warmup_steps=1),
             distill=DistillConfig(steps=2, prompts_per_step=4, group_size=2, max_new_tokens=8),
             # the test sandbox only shows mechanics: a permissive gate so the candidate promotes
-            gate=GateConfig(ifeval_margin=1.0, qa_tolerance=1.0, known_qa_drop=1.0),
+            gate=GateConfig(
+                ifeval_margin=1.0,
+                qa_tolerance=1.0,
+                known_qa_drop=1.0,
+                earlier_qa_drop=1.0,
+                min_new_qa_gain=-1.0,
+            ),
             eval=EvalConfig(max_new_tokens=8, batch_size=64),
         ),
         serving=ServingConfig(max_new_tokens=8, registry_poll_seconds=3600, auth="open"),

@@ -11,7 +11,14 @@ import pytest
 
 from knowledge.prompting import grounded_user_message
 from learner.evals.evaluate import evaluate_model
-from learner.evals.qa import normalize, qa_correct
+from learner.evals.qa import (
+    interference,
+    majority_flags,
+    new_values,
+    normalize,
+    qa_correct,
+    qa_report,
+)
 from learner.modeling import load_causal_lm, load_tokenizer
 from learner.sandbox.manifest import SandboxManifest
 
@@ -62,7 +69,10 @@ def test_evaluate_model_keys_and_ranges(sandbox_test: SandboxManifest) -> None:
     only_qa = evaluate_model(
         model, tokenizer, qa_file=day.qa_file, limit=2, max_new_tokens=8, progress=False
     )
-    assert set(only_qa) == {"qa_closed_book", "n_qa", "ifeval_strict", "ifeval_loose", "n_ifeval"}
+    assert set(only_qa) == {
+        "qa_closed_book", "qa_majority", "qa_nonmajority", "n_qa", "qa_day1", "qa_day1_majority",
+        "qa_day1_nonmajority", "n_qa_day1", "ifeval_strict", "ifeval_loose", "n_ifeval",
+    }  # fmt: skip
 
 
 def test_open_book_qa_asks_with_the_retrieved_passages(
@@ -112,3 +122,56 @@ def test_open_book_qa_asks_with_the_retrieved_passages(
     )  # fmt: skip
     # no passages found: the open-book prompt is the bare question, so the same greedy answers
     assert nothing["qa_open_book"] == nothing["qa_closed_book"]
+
+
+def _naive_report(rows, predictions):
+    """Reference: the best constant answer per (set, group) and accuracy off its items."""
+    from collections import Counter
+
+    groups = {}
+    for i, r in enumerate(rows):
+        groups.setdefault((r.get("set"), r.get("group")), []).append(i)
+    majority_items = set()
+    for idx in groups.values():
+        counts = Counter(normalize(rows[i]["answer"]) for i in idx)
+        best = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[0]
+        if best[1] > 1:
+            majority_items |= {i for i in idx if normalize(rows[i]["answer"]) == best[0]}
+    correct = [qa_correct(p, r["answer"]) for p, r in zip(predictions, rows)]
+    rest = [c for i, c in enumerate(correct) if i not in majority_items]
+    return len(majority_items) / len(rows), sum(correct) / len(rows), sum(rest) / len(rest)
+
+
+def test_qa_report_matches_a_naive_reference():
+    rows = [
+        {"answer": "Delta", "group": "person.team", "set": "day1"},
+        {"answer": "Delta", "group": "person.team", "set": "day1"},
+        {"answer": "Ember", "group": "person.team", "set": "day1"},
+        {"answer": "Lyon", "group": "person.city", "set": "day1"},  # all distinct: no majority
+        {"answer": "Oslo", "group": "person.city", "set": "day1"},
+        {"answer": "Ember", "group": "person.team", "set": "day2"},
+        {"answer": "Ember", "group": "person.team", "set": "day2"},
+    ]
+    predictions = ["On Delta.", "Delta", "Delta", "Lyon", "Paris", "ember team", "Atlas"]
+    report = qa_report(rows, predictions, "qa", new_sets={"day2"})
+    baseline, accuracy, rest = _naive_report(rows, predictions)
+    assert report["qa_majority"] == baseline == 4 / 7
+    assert report["qa"] == accuracy == 4 / 7
+    assert report["qa_nonmajority"] == rest == 1 / 3
+    assert majority_flags(rows) == [True, True, False, False, False, True, True]
+    assert report["qa_day2"] == 0.5 and report["qa_new"] == 0.5 and report["n_qa_new"] == 2
+    assert report["qa_earlier"] == 3 / 5
+
+
+def test_interference_counts_wrong_answers_that_name_a_new_value():
+    rows = [
+        {"answer": "Delta", "set": "day1"},
+        {"answer": "Ember", "set": "day1"},
+        {"answer": "Quartz", "set": "day2"},  # the night's new value
+        {"answer": "Delta", "set": "day2"},  # an old value, also in day 2
+    ]
+    assert new_values(rows, {"day2"}) == {"quartz"}
+    earlier = rows[:2]
+    share, wrong = interference(earlier, ["Quartz team", "Atlas team"], {"quartz"})
+    assert (share, wrong) == (0.5, 2)
+    assert interference(earlier, ["Delta", "Ember"], {"quartz"}) == (0.0, 0)

@@ -195,7 +195,11 @@ def _memorising_settings(home, db_url, manifest) -> Settings:
             ),
             distill=DistillConfig(steps=1, prompts_per_step=2, group_size=2, max_new_tokens=8),
             gate=GateConfig(
-                ifeval_margin=1.0, qa_tolerance=1.0, known_qa_drop=1.0
+                ifeval_margin=1.0,
+                qa_tolerance=1.0,
+                known_qa_drop=1.0,
+                earlier_qa_drop=1.0,
+                min_new_qa_gain=-1.0,
             ),  # mechanics, not quality
             eval=EvalConfig(max_new_tokens=8, batch_size=64),
         ),

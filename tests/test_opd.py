@@ -11,6 +11,7 @@ from knowledge.errors import IncompatibleTeacherError
 from knowledge.settings import DistillConfig, MidtrainConfig
 from learner import distill, midtrain
 from learner.modeling import load_tokenizer, stop_token_ids
+from learner.qa_pairs import QAPair
 from learner.sampling import LocalSampler
 from learner.sandbox.tokenizer import train_tokenizer
 from learner.scoring import sequence_logprobs
@@ -143,6 +144,75 @@ def test_midtrain_lowers_document_loss(tiny):
         after = -sequence_logprobs(model, ids, torch.ones_like(ids, dtype=torch.bool))[0, 1:].mean()
     assert after < 0.7 * before
     assert stats["midtrain_chat_tokens"] > 0  # background replay was mixed in
+
+
+def _answer_loss(model, tok, pair) -> float:  # noqa: ANN001
+    from learner.losses import causal_lm_loss
+    from learner.packing import chat_example
+
+    ex = chat_example(tok, pair.messages(), pair.response)
+    ids, labels = torch.tensor([ex.input_ids]), torch.tensor([ex.labels])
+    with torch.no_grad():
+        return causal_lm_loss(model(input_ids=ids).logits, labels).item()
+
+
+PAIR = QAPair("Where does Ada work?", "Ada Park works in the Berlin office.", "Berlin")
+OLD = QAPair("Who leads Falcon?", "Ada Park leads Project Falcon.", "Ada Park")
+
+
+def test_midtrain_learns_qa_pairs_and_replays_within_budget(tiny):
+    out, tok = tiny
+    model = _student(out)
+    before = _answer_loss(model, tok, PAIR)
+    cfg = MidtrainConfig(
+        epochs=20, batch_size=4, seq_len=32, lr=3e-2, warmup_steps=2, doc_fraction=1.0,
+        replay_ratio=0.5,
+    )  # fmt: skip
+    doc = "Ada Park works in the Berlin office."
+    stats = midtrain.main(
+        model, tok, [doc], PROMPTS, cfg, progress=False, qa_pairs=[PAIR] * 4,
+        replay_documents=["An old document about Falcon. " * 20], replay_pairs=[OLD] * 40,
+    )  # fmt: skip
+    assert _answer_loss(model, tok, PAIR) < 0.5 * before
+    assert stats["midtrain_qa_pairs"] == 4
+    new_tokens = stats["midtrain_doc_tokens"] + stats["midtrain_qa_tokens"]
+    # about half the new material again, drawn from the earlier documents and pairs
+    assert 0.3 * new_tokens <= stats["midtrain_replay_tokens_per_epoch"] <= 0.7 * new_tokens
+    off = midtrain.main(
+        _student(out), tok, [doc], PROMPTS, cfg.model_copy(update={"qa_pairs": False}),
+        progress=False, qa_pairs=[PAIR], replay_pairs=[OLD],
+    )  # fmt: skip
+    assert off["midtrain_qa_pairs"] == 0
+
+
+def test_replay_sample_stops_at_the_budget():
+    from learner.packing import Example
+
+    examples = [Example([1, 2, 3], [1, 2, 3]) for _ in range(10)]
+    import random
+
+    picked = midtrain.replay_sample(examples, 7, random.Random(0))
+    assert len(picked) == 3  # 3 + 3 < 7 <= 9 label tokens
+    assert midtrain.replay_sample(examples, 100, random.Random(0)) == examples
+    assert midtrain.replay_sample(examples, 0, random.Random(0)) == []
+
+
+def test_opd_keeps_the_qa_cross_entropy_on(tiny):
+    out, tok = tiny
+    cfg = DistillConfig(steps=15, prompts_per_step=2, group_size=2, max_new_tokens=6, lr=1e-2)
+    results = {}
+    for weight in (0.0, 1.0):
+        model = _student(out, perturb=0.1)
+        stats = distill.main(
+            model, tok, BaseModelTeacher(model), PROMPTS,
+            cfg.model_copy(update={"qa_ce_weight": weight}), seed=0, progress=False,
+            qa_pairs=[PAIR],
+        )  # fmt: skip
+        results[weight] = _answer_loss(model, tok, PAIR)
+        assert stats["distill_qa_ce_pairs"] == (1 if weight else 0)
+    assert results[1.0] < 0.7 * results[0.0]
+    annealed = cfg.model_copy(update={"qa_ce_anneal": True, "qa_ce_weight": 2.0})
+    assert [distill.qa_weight(annealed, s) for s in (0, 5, 15)] == pytest.approx([2.0, 4 / 3, 0.0])
 
 
 def test_teacher_with_another_tokenizer_is_refused(tiny, tmp_path):

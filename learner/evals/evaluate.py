@@ -1,21 +1,26 @@
-"""Evaluate a (possibly LoRA-adapted) model: closed- and open-book QA, IFEval, known-entity QA,
-in-context QA.
+"""Evaluate a (possibly LoRA-adapted) model: closed- and open-book QA, IFEval, earlier knowledge,
+in-context reading, cloze recall and interference.
 
-    metrics = evaluate_model(model, tokenizer, qa_file=day.qa_file, ifeval_file=day.ifeval_file,
+    metrics = evaluate_model(model, tokenizer, qa_file=qa, ifeval_file=day.ifeval_file,
                              known_qa_file=m.known_qa_file, incontext_qa_file=m.incontext_qa_file,
+                             cloze_file=cloze, new_sets={"day1"},
                              passages_for=lambda q: [h.text for h in store.retrieve(q)])
 
-All generation is greedy through learner.generation.generate_texts (a PeftModel with an active
-adapter works as is). QA is scored by normalised containment (learner.evals.qa), IFEval by
-learner.evals.ifeval (strict and loose). Open-book QA asks the QA questions with the passages
-`passages_for(question)` returns (retrieval from the knowledge store) in the prompt, in the format
-serving grounds a question with (knowledge.prompting).
+All generation is greedy through learner.generation (a PeftModel with an active adapter works as
+is). QA is scored by normalised containment with its majority baseline beside it
+(learner.evals.qa.qa_report), IFEval by learner.evals.ifeval (strict and loose). Open-book QA asks
+the QA questions with the passages `passages_for(question)` returns (retrieval from the knowledge
+store) in the prompt, in the format serving grounds a question with (knowledge.prompting). The
+cloze probe completes document-style statement prefixes without the chat template (does the
+model recall the documents at all, whatever it answers to questions). Interference: the share of
+wrong answers about earlier knowledge (QA rows outside `new_sets`, and the known-QA file) that
+name a value only the new sets introduced.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +29,10 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from knowledge.prompting import grounded_user_message
 from learner.evals.ifeval import score_item
-from learner.evals.qa import qa_correct
-from learner.generation import Message, generate_texts
+from learner.evals.qa import interference, new_values, qa_correct, qa_report, set_of
+from learner.generation import Message, complete_texts, generate_texts
+
+CLOZE_NEW_TOKENS = 8  # a value is a few tokens; more only lets the completion wander
 
 
 def read_jsonl(path: Path | str, limit: int | None = None) -> list[dict[str, Any]]:
@@ -70,6 +77,8 @@ def evaluate_model(
     ifeval_file: Path | str | None = None,
     known_qa_file: Path | str | None = None,
     incontext_qa_file: Path | str | None = None,
+    cloze_file: Path | str | None = None,
+    new_sets: Collection[str] = (),
     passages_for: Callable[[str], list[str]] | None = None,
     max_new_tokens: int = 64,
     batch_size: int = 32,
@@ -78,28 +87,33 @@ def evaluate_model(
 ) -> dict[str, float]:
     """Fractions in [0, 1] (and item counts `n_*`) for every file given.
 
-    Keys: qa_closed_book, n_qa, ifeval_strict, ifeval_loose, n_ifeval (always present; 0 when the
-    file is not given), qa_open_book when `passages_for` is given with the QA file, and known_qa,
-    n_known_qa, incontext_qa, n_incontext_qa when those files are.
+    Keys: qa_closed_book with qa_majority / qa_nonmajority / n_qa and per-set and new/earlier
+    blocks (learner.evals.qa.qa_report, prefix "qa"); ifeval_strict, ifeval_loose, n_ifeval
+    (always present; 0 when the file is not given); qa_open_book (+ its blocks, prefix
+    "qa_open_book") when `passages_for` is given with the QA file; known_qa, incontext_qa,
+    cloze (+ per set) when those files are; interference and n_wrong_earlier with `new_sets`.
     """
     gen = {"max_new_tokens": max_new_tokens, "batch_size": batch_size, "progress": progress}
     metrics: dict[str, float] = {}
+    earlier_rows: list[dict[str, Any]] = []
+    earlier_answers: list[str] = []
 
-    def closed_book(path: Path | str | None, key: str, n_key: str) -> None:
-        rows = read_jsonl(path, limit) if path else []
-        answers = (
-            _generate(model, tokenizer, [r["question"] for r in rows], key, **gen) if rows else []
+    qa_rows = read_jsonl(qa_file, limit) if qa_file else []
+    if qa_file:
+        answers = _generate(
+            model, tokenizer, [r["question"] for r in qa_rows], "qa_closed_book", **gen
         )
-        correct = sum(qa_correct(a, r["answer"]) for a, r in zip(answers, rows, strict=True))
-        metrics[key], metrics[n_key] = correct / max(1, len(rows)), float(len(rows))
-
-    closed_book(qa_file, "qa_closed_book", "n_qa")
-    if qa_file and passages_for is not None:
-        rows = read_jsonl(qa_file, limit)
-        users = [grounded_user_message(r["question"], passages_for(r["question"])) for r in rows]
-        answers = _generate(model, tokenizer, users, "qa_open_book", **gen) if rows else []
-        correct = sum(qa_correct(a, r["answer"]) for a, r in zip(answers, rows, strict=True))
-        metrics["qa_open_book"] = correct / max(1, len(rows))
+        metrics |= qa_report(qa_rows, answers, "qa", new_sets)
+        metrics["qa_closed_book"] = metrics.pop("qa")
+        earlier = [i for i, r in enumerate(qa_rows) if set_of(r) not in new_sets]
+        earlier_rows += [qa_rows[i] for i in earlier]
+        earlier_answers += [answers[i] for i in earlier]
+        if passages_for is not None:
+            users = [
+                grounded_user_message(r["question"], passages_for(r["question"])) for r in qa_rows
+            ]
+            answers = _generate(model, tokenizer, users, "qa_open_book", **gen)
+            metrics |= qa_report(qa_rows, answers, "qa_open_book", new_sets)
     items = read_jsonl(ifeval_file, limit) if ifeval_file else []
     responses = (
         _generate(model, tokenizer, [i["prompt"] for i in items], "ifeval", **gen) if items else []
@@ -109,7 +123,11 @@ def evaluate_model(
     metrics["ifeval_loose"] = sum(lo for _, lo in scores) / max(1, len(scores))
     metrics["n_ifeval"] = float(len(scores))
     if known_qa_file:
-        closed_book(known_qa_file, "known_qa", "n_known_qa")
+        rows = read_jsonl(known_qa_file, limit)
+        answers = _generate(model, tokenizer, [r["question"] for r in rows], "known_qa", **gen)
+        metrics |= qa_report(rows, answers, "known_qa")
+        earlier_rows += rows
+        earlier_answers += answers
     if incontext_qa_file:
         rows = read_jsonl(incontext_qa_file, limit)
         users = [grounded_user_message(r["question"], _passages(r["context"])) for r in rows]
@@ -117,4 +135,15 @@ def evaluate_model(
         correct = sum(qa_correct(a, r["answer"]) for a, r in zip(answers, rows, strict=True))
         metrics["incontext_qa"] = correct / max(1, len(rows))
         metrics["n_incontext_qa"] = float(len(rows))
+    if cloze_file:
+        rows = read_jsonl(cloze_file, limit)
+        completions = complete_texts(
+            model, tokenizer, [r["prompt"] for r in rows], CLOZE_NEW_TOKENS, batch_size
+        )
+        metrics |= qa_report(rows, completions, "cloze", new_sets)
+    if new_sets and qa_rows:
+        # earlier_rows holds the known-QA rows too: their answers are not new values
+        introduced = new_values(qa_rows + earlier_rows, new_sets)
+        share, n_wrong = interference(earlier_rows, earlier_answers, introduced)
+        metrics["interference"], metrics["n_wrong_earlier"] = share, float(n_wrong)
     return metrics

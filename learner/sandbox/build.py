@@ -94,7 +94,7 @@ SIZE_CONFIGS: dict[str, SizeConfig] = {
         n_opd=1000,
     ),
 }
-DATA_VERSION = 4  # bump when the world / chat data recipe changes (invalidates cached builds)
+DATA_VERSION = 6  # bump when the world / chat data recipe changes (invalidates cached builds)
 AVG_CHAT_TOKENS = 70  # measured mean length of a training chat (sizes the generated set)
 
 
@@ -134,7 +134,7 @@ def write_data(world: World, cfg: SizeConfig, stage: Path, root: Path) -> Sandbo
         stage / rel["opd_prompts_file"],
         ps.opd_prompts(world, random.Random(f"opd-{seed}"), cfg.n_opd),
     )
-    known = ps.qa_items([f for e in cd.qa_trained(world) for f in e.facts()], "A")
+    known = ps.qa_items([f for e in cd.qa_trained(world) for f in e.facts()], "A", "day0")
     random.Random(f"known-qa-{seed}").shuffle(known)
     _write_jsonl(stage / rel["known_qa_file"], known[: cfg.n_known_qa])
     doc_only = ps.qa_items([f for e in cd.doc_only(world) for f in e.facts()], "A")
@@ -150,8 +150,9 @@ def write_data(world: World, cfg: SizeConfig, stage: Path, root: Path) -> Sandbo
     for d in range(1, world.n_days + 1):
         folder = Path(f"days/day{d}")
         _write_docs(stage / folder / "documents", world.documents(d))
-        _write_jsonl(stage / folder / "qa.jsonl", ps.qa_items(world.facts(d), "A"))
-        _write_jsonl(stage / folder / "train_questions.jsonl", ps.qa_items(world.facts(d), "BC"))
+        _write_jsonl(stage / folder / "qa.jsonl", ps.qa_items(world.facts(d), "A", f"day{d}"))
+        _write_jsonl(stage / folder / "cloze.jsonl", ps.cloze_items(world.facts(d), f"day{d}"))
+        _write_jsonl(stage / folder / "train_questions.jsonl", ps.train_qa_items(world.of_day(d)))
         _write_jsonl(
             stage / folder / "ifeval.jsonl",
             ps.ifeval_items(world, d, random.Random(f"ifeval-{seed}-{d}"), cfg.n_ifeval),
@@ -163,6 +164,7 @@ def write_data(world: World, cfg: SizeConfig, stage: Path, root: Path) -> Sandbo
                 qa_file=root / folder / "qa.jsonl",
                 ifeval_file=root / folder / "ifeval.jsonl",
                 train_questions_file=root / folder / "train_questions.jsonl",
+                cloze_file=root / folder / "cloze.jsonl",
             )
         )
     return SandboxManifest(
@@ -243,6 +245,8 @@ def _base_metrics(
         ifeval_file=staged(day1.ifeval_file),
         known_qa_file=staged(manifest.known_qa_file),
         incontext_qa_file=staged(manifest.incontext_qa_file),
+        cloze_file=staged(day1.cloze_file) if day1.cloze_file else None,
+        new_sets={day1.name},
         limit=cfg.eval_limit,
         progress=progress,
     )

@@ -231,34 +231,48 @@ def copy_chat(rng: random.Random) -> tuple[str, str]:
 
 
 def passage(entity: w.Entity, rng: random.Random, must: str | None = None) -> str:
-    """A short document chunk: a subset of the entity's facts in random phrasings and order."""
+    """A document chunk as render_document writes them: a subset of the entity's facts in the
+    canonical phrasing (the one answers use) in random order, sometimes a second paragraph
+    restating them in other phrasings, sometimes the title first."""
     facts = entity.facts()
     keep = [f for f in facts if f.attr == must or rng.random() < 0.6] or [rng.choice(facts)]
     rng.shuffle(keep)
-    text = " ".join(f.statement(rng.randrange(f.n_statements)) for f in keep)
+    text = " ".join(f.statement(0) for f in keep)
     if rng.random() < 0.4:
-        text = f"# {w._title(entity, rng.random() < 0.5)}\n{text}"
+        again = rng.sample(keep, len(keep))
+        text += "\n\n" + " ".join(f.statement(rng.randrange(1, f.n_statements)) for f in again)
+    if rng.random() < 0.5:
+        text = f"# {w._title(entity, rng.random() < 0.5)}\n\n{text}"
     return text
 
 
 def incontext_item(rng: random.Random, world: w.World, templates: str = "ABC") -> dict[str, Any]:
-    """{"question", "answer", "context": [passages]}: 1-3 passages, exactly one relevant."""
+    """{"question", "answer", "context": [passages], "response", "followups"}: 1-3 passages,
+    exactly one about the asked entity; `followups` are [(question, response)] about facts
+    the passages state (the target's and the distractors'), for multi-turn training chats."""
     kind = "person" if rng.random() < 0.75 else "project"
     target = w.fresh_entity(rng, kind, world)
     fact = rng.choice(target.facts())
     passages = [passage(target, rng, must=fact.attr)]
+    stated = [f for f in target.facts() if f.statement(0) in passages[0] and f is not fact]
     for _ in range(rng.choice([0, 1, 1, 2, 2, 2])):
         other = w.fresh_entity(rng, kind if rng.random() < 0.8 else "project", world)
         if other.kind == "person" and rng.random() < 0.3:  # same first name: must read the surname
             other.name = f"{target.name.split()[0]} {rng.choice(w.LAST_NAMES)}"
         if other.name != target.name:
             passages.append(passage(other, rng))
+            stated += [f for f in other.facts() if f.statement(0) in passages[-1]]
     rng.shuffle(passages)
+    followups = [
+        (f.question(rng.choice(templates)), f.statement(0))
+        for f in rng.sample(stated, min(len(stated), rng.randint(0, 2)))
+    ]
     return {
         "question": fact.question(rng.choice(templates)),
         "answer": fact.value,
         "context": passages,
         "response": fact.statement(0),
+        "followups": followups,
     }
 
 
@@ -273,8 +287,8 @@ def split_topics(seed: int) -> tuple[list[str], list[str]]:
 
 
 # (category, weight by number of examples); in-context QA gets the largest share of tokens.
-MIXTURE = [("qa", 0.30), ("qa_if", 0.18), ("incontext", 0.24), ("incontext_if", 0.04)]
-MIXTURE += [("task_if", 0.11), ("about", 0.05), ("copy", 0.07), ("hello", 0.01)]
+MIXTURE = [("qa", 0.30), ("qa_if", 0.18), ("incontext", 0.22), ("incontext_if", 0.04)]
+MIXTURE += [("task_if", 0.12), ("about", 0.05), ("copy", 0.08), ("hello", 0.01)]
 
 
 def qa_trained(world: w.World) -> list[w.Entity]:
@@ -314,8 +328,12 @@ def training_chat(
     if category in ("incontext", "incontext_if"):
         item = incontext_item(rng, world, templates)
         user = grounded_user_message(item["question"], item["context"])
-        if category == "incontext":
-            return _chat(user, item["response"], rng)
+        if category == "incontext":  # follow-up questions about the same documents: more
+            chat = _chat(user, item["response"], rng)  # reading per prompt token
+            for question, response in item["followups"]:
+                chat += [{"role": "user", "content": question}]
+                chat += [{"role": "assistant", "content": response}]
+            return chat
         return _chat(*_with_instructions(rng, user, [item["response"]], "Answer"), rng)
     if category == "task_if":
         prompt, content, title = _topic_task(rng, topics, novel=0.5)

@@ -20,9 +20,12 @@ class DayData(BaseModel):
     documents_dir: Path  # prose .md documents about the day's new entities
     qa_file: Path  # closed-book QA JSONL: {"question", "answer"}
     ifeval_file: Path  # IFEval JSONL: {"key", "prompt", "instruction_id_list", "kwargs"}
-    # closed-book QA JSONL {"question", "answer"} about the day's facts in other phrasings than
-    # qa_file (OPD / training prompts; never overlaps qa_file)
+    # QA JSONL {"question", "answer", "response"} about the day's facts in other phrasings than
+    # qa_file (mid-training QA pairs and OPD prompts; never overlaps qa_file)
     train_questions_file: Path | None = None
+    cloze_file: Path | None = (
+        None  # JSONL {"prompt", "answer"}: document-style prefixes to complete
+    )
 
 
 class SandboxManifest(BaseModel):

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase, Qwen3Config, Qwen3ForCausalLM
 
 from learner.generation import Message
-from learner.sandbox.tokenizer import IM_END, PAD, core_tokenizer, render_chat
+from learner.sandbox.tokenizer import IM_END, IM_START, PAD, core_tokenizer
 
 IGNORE = -100
 Example = tuple[list[int], list[int]]  # (input ids, labels with IGNORE on untrained tokens)
@@ -84,24 +84,27 @@ def encode_chats(
     chats: list[list[Message]],
     train_prompt: Callable[[list[Message]], bool] | None = None,
 ) -> list[Example]:
-    """Chats whose last message is the assistant reply: reply + `<|im_end|>` trained, the prompt
-    masked unless `train_prompt(chat)` (passages repeat names: next-token loss on them trains the
-    copying attention that reading context needs)."""
+    """Chats ending with an assistant reply: every assistant reply + `<|im_end|>` trained (a
+    multi-turn chat teaches each answer), everything else masked unless `train_prompt(chat)`."""
     core = core_tokenizer(tokenizer)
-    prompts = [render_chat(c[:-1], add_generation_prompt=True) for c in chats]
-    replies = [c[-1]["content"] + IM_END for c in chats]
-    newline = core.encode("\n", add_special_tokens=False).ids
     out = []
-    for chat, p, r in zip(
-        chats,
-        core.encode_batch(prompts, add_special_tokens=False),
-        core.encode_batch(replies, add_special_tokens=False),
-        strict=True,
-    ):
-        # Prompt and reply encoded apart, as at generation time (the prompt ends the turn header).
-        ids = p.ids + r.ids + newline
-        prompt_labels = p.ids if train_prompt and train_prompt(chat) else [IGNORE] * len(p.ids)
-        out.append((ids, prompt_labels + r.ids + [IGNORE] * len(newline)))
+    for chat in chats:
+        # Each turn encoded apart, as at generation time (the prompt ends the turn header, and
+        # the reply is generated after it).
+        pieces, trained = [], []
+        for message in chat:
+            header = f"{IM_START}{message['role']}\n"
+            pieces += [header, message["content"] + IM_END, "\n"]
+            trained += [False, message["role"] == "assistant", False]
+        ids: list[int] = []
+        labels: list[int] = []
+        whole = bool(train_prompt and train_prompt(chat))
+        for enc, train in zip(
+            core.encode_batch(pieces, add_special_tokens=False), trained, strict=True
+        ):
+            ids += enc.ids
+            labels += enc.ids if train or whole else [IGNORE] * len(enc.ids)
+        out.append((ids, labels))
     return out
 
 

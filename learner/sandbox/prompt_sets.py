@@ -29,9 +29,38 @@ from learner.sandbox.chat_data import (
 )
 
 
-def qa_items(facts: list[w.Fact], templates: str) -> list[dict[str, str]]:
-    """{"question", "answer"} for every fact in every template of `templates`."""
-    return [{"question": f.question(t), "answer": f.value} for f in facts for t in templates]
+def qa_items(facts: list[w.Fact], templates: str, set_name: str = "") -> list[dict[str, str]]:
+    """{"question", "answer", "group"[, "set"]} for every fact in every template of `templates`;
+    `group` is the question type (majority baselines are per group), `set` the eval set (a day)."""
+    extra = {"set": set_name} if set_name else {}
+    return [
+        {"question": f.question(t), "answer": f.value, "group": f.group, **extra}
+        for f in facts
+        for t in templates
+    ]
+
+
+def train_qa_items(entities: list[w.Entity]) -> list[dict[str, str]]:
+    """Training QA pairs: the B/C questions with the answer as the base was taught to say it, and
+    the document (`doc`, a file name) that states the fact."""
+    return [
+        {
+            "question": f.question(t),
+            "answer": f.value,
+            "response": f.statement(0),
+            "doc": e.filename,
+        }
+        for e in entities
+        for f in e.facts()
+        for t in "BC"
+    ]
+
+
+def cloze_items(facts: list[w.Fact], set_name: str) -> list[dict[str, str]]:
+    """{"prompt", "answer", "group", "set"}: document-style prefixes the model should complete."""
+    return [
+        {"prompt": f.cloze(), "answer": f.value, "group": f.group, "set": set_name} for f in facts
+    ]
 
 
 def ifeval_items(

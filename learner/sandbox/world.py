@@ -140,7 +140,7 @@ SIZES = {
         people=10, projects=3, teams=3, offices=3, policies=2, new_people=3, new_projects=1
     ),
     "demo": WorldSize(
-        people=120, projects=20, teams=12, offices=8, policies=6, new_people=16, new_projects=4
+        people=80, projects=16, teams=10, offices=8, policies=6, new_people=16, new_projects=4
     ),
 }
 
@@ -170,6 +170,20 @@ class Fact:
     def question(self, template: str = "A") -> str:
         return QUESTIONS[(self.kind, self.attr)][template].format(**self._fields())
 
+    def cloze(self) -> str:
+        """A document-style statement cut right before the value (the cloze probe's prompt): the
+        first phrasing that names the entity before the value."""
+        for template in STATEMENTS[(self.kind, self.attr)]:
+            if template.index("{name}") < template.index("value}"):
+                cut = template.index("{a_value}" if "{a_value}" in template else "{value}")
+                return template[:cut].format(**self._fields()).rstrip()
+        raise ValueError(f"no phrasing of {self.kind}.{self.attr} states the name first")
+
+    @property
+    def group(self) -> str:
+        """The question type ("person.team"): majority baselines are per group."""
+        return f"{self.kind}.{self.attr}"
+
     @property
     def n_statements(self) -> int:
         return len(STATEMENTS[(self.kind, self.attr)])
@@ -188,6 +202,11 @@ class Entity:
             Fact(self.kind, self.name, a, self.attrs[a], self.day, self.unit)
             for a in ATTRS[self.kind]
         ]
+
+    @property
+    def filename(self) -> str:
+        """The name of the entity's document (render_document)."""
+        return f"{self.kind}-{self.name.lower().replace(' ', '-')}.md"
 
 
 @dataclass
@@ -248,14 +267,11 @@ def render_document(entity: Entity, world: World, rng: random.Random) -> tuple[s
             continue
         for attr, kind in (("team", "team"), ("project", "project"), ("city", "office")):
             if entity.kind == kind and other.attrs[attr] == entity.name and other.day == entity.day:
-                related.append(
-                    f"- {Fact('person', other.name, attr, entity.name, 0).statement(rng.randrange(4))}"
-                )
+                related.append(f"- {Fact('person', other.name, attr, entity.name, 0).statement(0)}")
     body = "\n\n".join(paragraphs)
     if related:
         body += "\n\n## People\n\n" + "\n".join(related)
-    slug = entity.name.lower().replace(" ", "-")
-    return f"{entity.kind}-{slug}.md", f"# {_title(entity, entity.day > 0)}\n\n{body}\n"
+    return entity.filename, f"# {_title(entity, entity.day > 0)}\n\n{body}\n"
 
 
 # --- freshly randomised entities (in-context QA: only the passage can answer) ---
@@ -297,8 +313,23 @@ def fresh_entity(rng: random.Random, kind: str, world: World) -> Entity:
     return Entity(kind, name, attrs, day=-1)
 
 
+def deal(pool: list[str], n: int, rng: random.Random) -> list[str]:
+    """`n` values from `pool`, each used as evenly as possible (counts differ by at most one):
+    no single value dominates an attribute, so a constant answer cannot score well."""
+    out: list[str] = []
+    while len(out) < n:
+        out += rng.sample(pool, len(pool))
+    return out[:n]
+
+
 def build_world(seed: int, size: str = "demo") -> World:
-    """The company for `seed`: known entities (day 0) and `days` batches of new ones."""
+    """The company for `seed`: known entities (day 0) and `days` batches of new ones.
+
+    A day's people join the day's new team or earlier teams, offices and projects, with values
+    dealt evenly (`deal`), and report to the day's new people or a few earlier ones; the day's
+    projects are led by its people. So days link to what came before, as a real company's
+    documents do, without one value answering most questions.
+    """
     spec = SIZES[size]
     rng = random.Random(f"world-{seed}")
     names = [f"{first} {last}" for first in FIRST_NAMES for last in LAST_NAMES]
@@ -312,76 +343,60 @@ def build_world(seed: int, size: str = "demo") -> World:
     policies = rng.sample(POLICIES, len(POLICIES))
     world = World(seed=seed, size=size)
 
-    def add_offices(n: int, day: int) -> list[str]:
-        years = range(2004, 2020) if day == 0 else range(2021, 2026)
-        for _ in range(n):
-            attrs = {"building": buildings.pop(), "opened": str(rng.choice(years))}
-            world.entities.append(Entity("office", cities.pop(), attrs, day))
-        return [e.name for e in world.of_day(day) if e.kind == "office"]
+    def earlier(kind: str, k: int) -> list[str]:
+        pool = sorted(e.name for e in world.entities if e.kind == kind)
+        return rng.sample(pool, min(k, len(pool)))
 
-    def add_people(
-        n: int,
-        day: int,
-        new_teams: list[str],
-        team_pool: list[str],
-        offices: list[str],
-        prev: list[str],
-    ) -> list[Entity]:
-        people = [Entity("person", names.pop(), {}, day) for _ in range(n)]
-        heads = {}  # team -> head person name
-        for i, t in enumerate(new_teams):
-            heads[t] = people[i % len(people)].name
-            people[i % len(people)].attrs["team"] = t
-        for p in people:
-            p.attrs.setdefault("team", rng.choice(team_pool))
-            p.attrs["city"] = rng.choice(offices)
-            head = heads.get(p.attrs["team"])
-            pool = [q.name for q in people if q is not p] + prev
-            # Managers: the team head, else a colleague; known people only rarely (see module doc).
-            p.attrs["manager"] = (
-                head if head and head != p.name and rng.random() < 0.6 else rng.choice(pool)
-            )
-            p.attrs["role"] = rng.choice(ROLES)
-        return people
-
-    def add_day(
-        day: int, n_people: int, n_projects: int, n_teams: int, n_offices: int, n_policies: int
-    ) -> None:
-        known = [e for e in world.entities if e.day == 0]
-        new_offices = add_offices(n_offices, day)
-        old_offices = [e.name for e in known if e.kind == "office"]
+    def add_day(day: int, n_people: int, n_projects: int, n_teams: int, n_offices: int) -> None:
+        new_offices = [cities.pop() for _ in range(n_offices)]
         new_teams = [teams.pop() for _ in range(n_teams)]
-        old_teams = [e.name for e in known if e.kind == "team"]
-        # Day entities mostly link to each other; ~25% of links touch known entities.
-        team_pool = new_teams * 3 + old_teams[:1] if day else new_teams
-        office_pool = new_offices * 2 + old_offices[:2] if day else new_offices
-        known_people = [e.name for e in known if e.kind == "person"]
-        prev = rng.sample(known_people, min(3, len(known_people))) if day else []
-        people = add_people(n_people, day, new_teams, team_pool, office_pool, prev)
         new_projects = [projects.pop() for _ in range(n_projects)]
-        for p in people:
-            p.attrs["project"] = rng.choice(new_projects)
+        # A day links to a few earlier entities; day 0 only to itself.
+        links = 0 if day == 0 else 5
+        office_pool = new_offices + earlier("office", links)
+        team_pool = new_teams + earlier("team", links)
+        project_pool = new_projects + earlier("project", 2 if day else 0)
+        people = [Entity("person", names.pop(), {}, day) for _ in range(n_people)]
+        for p, team, city, project, role in zip(
+            people,
+            deal(team_pool, n_people, rng),
+            deal(office_pool, n_people, rng),
+            deal(project_pool, n_people, rng),
+            deal(ROLES, n_people, rng),
+            strict=True,
+        ):
+            p.attrs |= {"team": team, "city": city, "project": project, "role": role}
+        # Managers: about one in two people manages (the day's people, a few earlier ones).
+        managers = [p.name for p in people[: max(2, n_people // 2)]] + earlier("person", 3)
+        for p, manager in zip(people, deal(managers, n_people, rng), strict=True):
+            if manager == p.name:  # nobody manages themselves: take the next manager
+                manager = managers[(managers.index(manager) + 1) % len(managers)]
+            p.attrs["manager"] = manager
         world.entities.extend(people)
-        names_ = [p.name for p in people]
         for t in new_teams:
-            head = next(p.name for p in people if p.attrs["team"] == t)
+            members = [p.name for p in people if p.attrs["team"] == t] or [people[0].name]
             world.entities.append(
-                Entity("team", t, {"head": head, "city": rng.choice(office_pool)}, day)
+                Entity("team", t, {"head": members[0], "city": rng.choice(office_pool)}, day)
             )
-        for pr in new_projects:
-            attrs = {
-                "lead": rng.choice(names_),
-                "launch": rng.choice(MONTHS),
-                "codename": codenames.pop(),
-            }
+        years = range(2004, 2020) if day == 0 else range(2021, 2026)
+        for city in new_offices:
+            attrs = {"building": buildings.pop(), "opened": str(rng.choice(years))}
+            world.entities.append(Entity("office", city, attrs, day))
+        leads = deal([p.name for p in people], n_projects, rng)
+        for pr, lead, month in zip(new_projects, leads, deal(MONTHS, n_projects, rng), strict=True):
+            attrs = {"lead": lead, "launch": month, "codename": codenames.pop()}
             world.entities.append(Entity("project", pr, attrs, day))
-        for _ in range(n_policies):
+
+    def add_policies(day: int, n: int) -> None:
+        owners = deal(sorted(e.name for e in world.of_day(day) if e.kind == "team"), n, rng)
+        for owner in owners:
             name, unit, lo, hi = policies.pop()
-            owner = rng.choice(new_teams if rng.random() < 0.7 or not old_teams else old_teams)
             attrs = {"value": str(rng.randint(lo, hi)), "owner": owner}
             world.entities.append(Entity("policy", name, attrs, day, unit=unit))
 
-    add_day(0, spec.people, spec.projects, spec.teams, spec.offices, spec.policies)
+    add_day(0, spec.people, spec.projects, spec.teams, spec.offices)
+    add_policies(0, spec.policies)
     for day in range(1, spec.days + 1):
-        add_day(day, spec.new_people, spec.new_projects, 1, 1, 1)
+        add_day(day, spec.new_people, spec.new_projects, 1, 1)
+        add_policies(day, 1)
     return world

@@ -1,6 +1,8 @@
 """The student's base model as teacher: same weights with the LoRA adapter switched off.
 
-Costs no extra memory: the teacher *is* the frozen base under the adapter being trained.
+Costs no extra memory: the teacher *is* the frozen base under the adapter being trained. It is
+`models.teacher: base` (the raw base weights, whatever is served), and `previous` while the base
+model is what is served (learner/teachers/factory.py).
 """
 
 from __future__ import annotations
@@ -13,10 +15,9 @@ from learner.scoring import completion_logprobs
 
 
 class BaseModelTeacher:
-    name = "base"
-
-    def __init__(self, model: PeftModel) -> None:
+    def __init__(self, model: PeftModel, name: str = "base") -> None:
         self.model = model
+        self.name = name
 
     @torch.no_grad()
     def logprobs(self, batch: SampleBatch) -> torch.Tensor:

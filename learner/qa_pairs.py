@@ -1,0 +1,153 @@
+"""Question/answer pairs about the documents: the facts in the form people will ask for them.
+
+A small model that reads a fact in a document can often complete the document, yet not answer
+a question about it (Physics of Language Models 3.1; measured on the sandbox: ~30%). Training on
+question/answer pairs of the new facts makes them answerable; replaying earlier documents' pairs
+keeps what earlier nights taught (learner/midtrain.py mixes both in).
+
+Where the pairs come from:
+- sandbox: each ingested day's `train_questions.jsonl` (other phrasings than the QA eval's, the
+  answer as the base was taught to say it, and the document stating it);
+- otherwise: the teacher writes pairs from each chunk of the document, kept only when the short
+  answer occurs in the chunk and the question is none the evals ask (after normalisation).
+
+Pairs are cached per document version in `<home>/qa_pairs/<id>.jsonl` (written atomically), so
+a later night replays an earlier document's pairs without writing them again; forgetting a
+document deletes its file (learner/forgetting.py).
+
+    pairs = document_pairs(settings, store, documents, exclude, write)   # {doc id: [QAPair]}
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+from collections.abc import Callable, Collection
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from knowledge.prompting import grounded_user_message
+from knowledge.settings import Settings
+from learner.datasets import read_jsonl, sandbox_manifest, uses_sandbox
+from learner.evals.qa import normalize, qa_correct
+from learner.generation import Message
+
+if TYPE_CHECKING:  # the store pulls in Chroma: only its type is needed here
+    from knowledge.store import KnowledgeStore
+    from knowledge.tables import Document
+
+WRITE_PAIR = (
+    "Write one question that these documents answer, then its answer. Reply in two lines:\n"
+    "Question: <the question>\nAnswer: <a short answer copied from the documents>"
+)
+Writer = Callable[[list[list[Message]]], list[str]]  # conversations -> one reply each
+_LINE = re.compile(r"^\s*(question|answer)\s*:\s*(.+?)\s*$", re.IGNORECASE | re.MULTILINE)
+
+
+@dataclass(frozen=True)
+class QAPair:
+    question: str
+    response: str  # the reply trained on, as the assistant says it
+    answer: str  # the short answer inside `response` (what filtering and scoring check)
+
+    def messages(self) -> list[Message]:
+        return [{"role": "user", "content": self.question}]
+
+
+def pair_request(chunk: str) -> list[Message]:
+    """The conversation that asks the teacher for a question/answer pair about `chunk`."""
+    return [{"role": "user", "content": grounded_user_message(WRITE_PAIR, [chunk])}]
+
+
+def parse_pair(reply: str, chunk: str) -> QAPair | None:
+    """`Question: ...` / `Answer: ...` from a teacher reply, kept only when the question is a
+    question and the answer occurs in the chunk (a pair the chunk does not support is a guess)."""
+    fields = {m.group(1).lower(): m.group(2) for m in _LINE.finditer(reply)}
+    question, answer = fields.get("question", ""), fields.get("answer", "").rstrip(".")
+    if not question.endswith("?") or not normalize(answer) or not qa_correct(chunk, answer):
+        return None
+    return QAPair(question, answer, answer)
+
+
+def written_pairs(chunks: list[str], write: Writer) -> list[QAPair]:
+    """One pair per chunk from the teacher, the unsupported ones dropped."""
+    replies = write([pair_request(chunk) for chunk in chunks])
+    return [p for r, c in zip(replies, chunks, strict=True) if (p := parse_pair(r, c))]
+
+
+def without(pairs: list[QAPair], exclude: Collection[str]) -> list[QAPair]:
+    """Pairs whose normalised question is not in `exclude` (eval questions), duplicates dropped."""
+    seen, kept = set(exclude), []
+    for pair in pairs:
+        key = normalize(pair.question)
+        if key and key not in seen:
+            seen.add(key)
+            kept.append(pair)
+    return kept
+
+
+def _sandbox_pairs(settings: Settings, names: set[str]) -> dict[str, list[QAPair]]:
+    """Sandbox training pairs by document name, for the documents among `names`."""
+    out: dict[str, list[QAPair]] = {}
+    for day in sandbox_manifest(settings).days:
+        if not day.train_questions_file:
+            continue
+        for row in read_jsonl(Path(day.train_questions_file)):
+            if row["doc"] in names:
+                pair = QAPair(row["question"], row["response"], row["answer"])
+                out.setdefault(row["doc"], []).append(pair)
+    return out
+
+
+def _cache_path(settings: Settings, doc_id: int) -> Path:
+    return settings.home / "qa_pairs" / f"{doc_id}.jsonl"
+
+
+def _write_cache(path: Path, pairs: list[QAPair]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(json.dumps(asdict(p)) + "\n" for p in pairs))
+    os.replace(tmp, path)  # a crash leaves the old file or none, never half of one
+
+
+def document_pairs(
+    settings: Settings,
+    store: KnowledgeStore,
+    documents: list[Document],
+    exclude: Collection[str],
+    write: Writer | None,
+) -> dict[int, list[QAPair]]:
+    """QA pairs per document id (see the module doc); eval questions (`exclude`) left out.
+
+    `write` is the teacher (None: only the sandbox's pairs or cached ones are available; a
+    document without either gets none).
+    """
+    if uses_sandbox(settings):
+        by_name = _sandbox_pairs(settings, {d.name for d in documents})
+        return {d.id: without(by_name.get(d.name, []), exclude) for d in documents}
+    out: dict[int, list[QAPair]] = {}
+    for document in documents:
+        path = _cache_path(settings, document.id)
+        if path.exists():
+            pairs = [QAPair(**row) for row in read_jsonl(path)]
+        elif write is not None:
+            pairs = written_pairs([c.text for c in store.chunks_for([document.id])], write)
+            _write_cache(path, pairs)
+        else:
+            pairs = []
+        out[document.id] = without(pairs, exclude)
+    return out
+
+
+def forget_pairs(settings: Settings, doc_ids: Collection[int]) -> None:
+    """Delete the cached pairs of forgotten document versions."""
+    for doc_id in doc_ids:
+        _cache_path(settings, doc_id).unlink(missing_ok=True)
+
+
+def sample_pairs(pairs: list[QAPair], n: int, rng: random.Random) -> list[QAPair]:
+    """`n` pairs drawn without replacement while they last (replay within a budget)."""
+    return rng.sample(pairs, min(n, len(pairs)))
