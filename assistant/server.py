@@ -7,7 +7,9 @@
         httpx.get(f"{url}/healthz")
 
 One process, one worker: the model lives in this process (embedded engine), so running several
-uvicorn workers would load it several times and each would hot-swap on its own.
+uvicorn workers would load it several times and each would hot-swap on its own. Both run with
+`assistant.http_protocol.uvicorn_config`: header and body read deadlines, a connection cap, a
+bounded graceful shutdown (README, "Limits").
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from assistant.app import create_app
+from assistant.http_protocol import uvicorn_config
 from knowledge.settings import Settings, load_settings
 
 
@@ -32,7 +35,7 @@ def serve(settings: Settings) -> None:
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     app = create_app(settings)
-    uvicorn.run(app, host=settings.serving.host, port=settings.serving.port, log_level="info")
+    uvicorn.Server(uvicorn_config(app, settings)).run()
 
 
 @contextmanager
@@ -43,9 +46,8 @@ def serve_in_thread(
 
     port 0 lets the OS pick a free port (read back from the bound socket: no race).
     """
-    server = uvicorn.Server(
-        uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on")
-    )
+    config = uvicorn_config(app, app.state.settings, host=host, port=port, log_level="warning")
+    server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name="protege-uvicorn", daemon=True)
     thread.start()
     deadline = time.monotonic() + timeout

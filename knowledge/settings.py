@@ -207,6 +207,7 @@ class ServingConfig(_Section):
     # Hardening (README, "Limits"): what one request or one client may cost.
     max_body_bytes: int = Field(1_048_576, gt=0)  # uploads: knowledge.max_upload_bytes + 64 KiB
     max_prompt_chars: int = Field(100_000, gt=0)  # chat messages together, a prompt, /tokenize
+    max_messages: int = Field(256, gt=0)  # messages of one chat or /tokenize request
     max_prompts_per_request: int = Field(16, gt=0)  # /v1/completions
     max_tokens_per_request: int = Field(32_768, gt=0)  # prompt tokens over a request's prompts
     max_stop_strings: int = Field(16, ge=0)
@@ -256,6 +257,10 @@ class Settings(_Section):
     @property
     def adapters_dir(self) -> Path:
         return self.home / "adapters"
+
+    @property
+    def jobs_dir(self) -> Path:
+        return self.home / "jobs"
 
     @property
     def runs_dir(self) -> Path:
