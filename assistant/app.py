@@ -114,8 +114,8 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> FastAPI:
         dependencies=[Depends(gate)],
         docs_url="/docs" if docs else None,
         redoc_url="/redoc" if docs else None,
-        # one file and a few short fields per upload (multipart parsing spools the file to disk)
-        form_limits={"max_files": 1, "max_fields": 8, "max_part_size": 64 * 1024},
+        # one file and a few fields per upload (multipart parsing spools the file to disk)
+        form_limits={"max_files": 1, "max_fields": 8},
     )
     app.add_middleware(RequestGuard, settings=settings, db=db)
     app.add_middleware(MetricsMiddleware, metrics=metrics)  # outermost: counts refusals too

@@ -64,13 +64,11 @@ class ChromaIndex:
         from chromadb.errors import InvalidArgumentError
 
         self.path = path
-        if client is None:
-            if path is None:
-                raise ConfigError("ChromaIndex needs a folder or a client")
-            client = _open_folder(path)
-        self._client = client
+        if client is None and path is None:
+            raise ConfigError("ChromaIndex needs a folder or a client")
         self.collection_name = collection
         try:
+            self._client = client if client is not None else _open_folder(path)
             self._collection = self._open_collection()
         except (ValueError, InvalidArgumentError) as exc:  # e.g. a name of 2 characters
             raise ConfigError(f"chroma collection {collection!r}: {exc}") from exc
