@@ -48,7 +48,7 @@ from assistant.routes_ui import install_ui
 from assistant.vllm_engine import VllmEngine
 from knowledge.db import open_database, private_dirs
 from knowledge.errors import IndexUnavailableError, ProtegeError
-from knowledge.parse_worker import reopen_workers, shutdown_workers
+from knowledge.parse_worker import shutdown_workers
 from knowledge.settings import Settings
 from knowledge.store import KnowledgeStore
 from learner.registry import Registry
@@ -75,7 +75,6 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        reopen_workers()
         await run_in_threadpool(switcher.sync)  # serve whatever the registry says is served
         await run_in_threadpool(jobs.recover)  # jobs a crash interrupted: failed, files removed
         if settings.serving.retrieval:  # this process owns the Chroma folder: repair it first

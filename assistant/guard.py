@@ -16,7 +16,8 @@ Pure ASGI (streamed answers pass through untouched). In order, for each HTTP req
    or unknown gets 401 before the body is read (`assistant.auth`; the principal is kept for the
    routes, which do not look it up again).
 4. At most `serving.max_concurrent_per_key` requests of one key in flight (a streamed answer
-   counts until its end); more get 429 with `Retry-After`.
+   counts until its end); more get 429 with `Retry-After`. (Open mode has no keys: only the
+   connection cap of assistant/http_protocol.py applies there.)
 5. A JSON body holding a lone UTF-16 surrogate (`"\\ud800"`: valid JSON, not valid Unicode,
    and a 500 deep inside the tokenizer or the database) gets 400.
 
@@ -133,7 +134,9 @@ class RequestGuard:
                         f"the request body is {int(length):,} bytes; the limit here is {limit:,}"
                     )
             principal = await self._authenticate(scope, headers)
-            release = self.slots.acquire(_slot_key(principal)) if principal else None
+            # per key: open mode has none (every caller is the local admin), so no such cap
+            keyed = principal is not None and principal.key_prefix is not None
+            release = self.slots.acquire(principal.key_prefix) if keyed else None
         except ProtegeError as exc:
             await _refuse(send, exc)
             return
@@ -240,10 +243,6 @@ def _hostname(host: str) -> str:
     if host.startswith("["):  # [::1]:8321
         return host[1:].split("]", 1)[0]
     return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
-
-
-def _slot_key(principal: Principal) -> str:
-    return principal.key_prefix or f"user:{principal.user}"
 
 
 async def _read_all(receive: Receive) -> bytes:

@@ -8,7 +8,8 @@ parses one file at a time, read from stdin, answering on stdout. The caller wait
 `timeout` seconds (`knowledge.parse_timeout_seconds`); past that it kills the worker (SIGKILL: a
 parser stuck in C code never sees anything gentler) and raises TooComplexError (422). The next
 parse starts a fresh worker. `shutdown_workers()` (the server's shutdown, and atexit) kills them
-all, so a parse in progress never holds up a shutdown: its caller gets a ProtegeError at once.
+all, so a parse in progress never holds up a shutdown: its caller gets ShuttingDownError (503)
+at once; a later parse simply starts a new worker.
 
 Messages are length-prefixed JSON (the file's bytes raw after their header), never pickle: a
 worker reads hostile input, and what it sends back must not be able to run code in the caller.
@@ -82,7 +83,7 @@ def parse_isolated(name: str, data: bytes, limits: Limits, timeout: float) -> An
 
 
 def shutdown_workers() -> None:
-    """Kill every worker, busy ones included (their callers get a ProtegeError)."""
+    """Kill every worker, busy ones included (their callers get ShuttingDownError, 503)."""
     global _closed
     with _lock:
         _closed = True
@@ -92,17 +93,10 @@ def shutdown_workers() -> None:
         _kill(worker)
 
 
-def reopen_workers() -> None:
-    """Allow parsing again after `shutdown_workers` (a server started again in one process)."""
+def _acquire() -> subprocess.Popen[bytes]:
     global _closed
     with _lock:
-        _closed = False
-
-
-def _acquire() -> subprocess.Popen[bytes]:
-    with _lock:
-        if _closed:
-            raise ShuttingDownError("the server is shutting down; upload again later")
+        _closed = False  # a parse after shutdown_workers (the next app in this process) is fine
         while _idle:
             worker = _idle.pop()
             if worker.poll() is None:
