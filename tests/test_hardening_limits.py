@@ -81,6 +81,7 @@ def test_an_oversized_body_is_refused_before_auth_and_before_it_is_read(server) 
     answer = raw_request(server, head, b"[" * 1_000_000)
     assert answer.startswith(b"HTTP/1.1 413") and b"limit here is 2,000,000" in answer
     assert b"TooLargeError" in answer and time.perf_counter() - started < 5
+
     # without a length (chunked) and with a valid key: counted while read, cut at the limit
     def chunks():
         for _ in range(200):  # 12.8 MB offered
@@ -117,7 +118,9 @@ def test_prompts_tokens_and_stop_strings_are_capped(server) -> None:
     assert [len(c["prompt_logprobs"]) for c in within.json()["choices"]] == [400] * 4
 
     chat = {"model": "protege", "messages": [{"role": "user", "content": "Hi"}]}
-    refused = http.post("/v1/chat/completions", json={**chat, "stop": [f"s{i}" for i in range(20_000)]})
+    refused = http.post(
+        "/v1/chat/completions", json={**chat, "stop": [f"s{i}" for i in range(20_000)]}
+    )
     assert refused.status_code == 413 and "serving.max_stop_strings" in refused.text
     refused = http.post("/v1/chat/completions", json={**chat, "stop": ["x" * 33]})
     assert refused.status_code == 413 and "serving.max_stop_chars" in refused.text
