@@ -81,7 +81,7 @@ class IngestJobs:
         self._thread = threading.Thread(target=self._run, name="protege-ingest-jobs", daemon=True)
         self._thread.start()
 
-    def stop(self, timeout: float = 5.0) -> None:
+    def stop(self, timeout: float = 1.0) -> None:
         """Stop taking jobs. A job mid-ingest is left to the daemon thread (see recover)."""
         if self._thread is not None:
             self._queue.put(_STOP)

@@ -20,13 +20,29 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from types import FrameType
 
 import uvicorn
 from fastapi import FastAPI
 
 from assistant.app import create_app
 from assistant.http_protocol import uvicorn_config
+from knowledge.parse_worker import shutdown_workers
 from knowledge.settings import Settings, load_settings
+
+
+class ProtegeServer(uvicorn.Server):
+    """uvicorn's server, stopping parser processes as soon as a shutdown is asked for.
+
+    uvicorn waits for requests in flight (up to `serving.shutdown_timeout_seconds`) before the
+    app's own shutdown runs; an upload stuck in a parser bomb would hold it that long. Killing
+    the parsers first ends such a request at once (503, "shutting down").
+    """
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        # a signal handler: the kill (locks, waits) runs in a thread of its own
+        threading.Thread(target=shutdown_workers, name="protege-stop-parsers").start()
+        super().handle_exit(sig, frame)
 
 
 def serve(settings: Settings) -> None:
@@ -35,7 +51,7 @@ def serve(settings: Settings) -> None:
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     app = create_app(settings)
-    uvicorn.Server(uvicorn_config(app, settings)).run()
+    ProtegeServer(uvicorn_config(app, settings)).run()
 
 
 @contextmanager

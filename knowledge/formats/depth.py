@@ -58,4 +58,9 @@ def check_xml_depth(name: str, stream: IO[bytes], limit: int) -> None:
                     raise _refuse(name, limit)
         parser.close()
     except etree.XMLSyntaxError as exc:
+        if "depth" in str(exc).lower():  # libxml2's own cap (256 without XML_PARSE_HUGE)
+            raise TooComplexError(
+                f"{name!r} nests elements more than {min(limit, 256):,} levels deep (the XML "
+                "parser's limit); refused as a possible parser bomb"
+            ) from exc
         raise CorruptDocumentError(f"{name!r} is not a readable Word document: {exc}") from exc

@@ -46,6 +46,10 @@ def parse_pdf(name: str, data: bytes, limits: Limits) -> Extracted:
         title = str((reader.metadata or {}).get("/Title") or "").strip() or None
     except BadInputError:
         raise
+    except pypdf.errors.LimitReachedError as exc:  # pypdf's own bounds (outline depth, ...)
+        raise TooComplexError(
+            f"{name!r} goes past a PDF reader limit ({exc}); refused as a possible parser bomb"
+        ) from exc
     except Exception as exc:
         # pypdf signals damage with many exception types (its own, ValueError, KeyError,
         # NotImplementedError for garbled filter names, ...): all mean "cannot read this file".
@@ -102,9 +106,11 @@ def _outline(reader, max_depth: int) -> list[tuple[int, str]]:  # noqa: ANN001
             if page is not None and page >= 0:
                 found.append((page + 1, " > ".join(last)))
 
+    from pypdf.errors import LimitReachedError
+
     try:
         walk(reader.outline, ())
-    except TooComplexError:
+    except (TooComplexError, LimitReachedError):
         raise
     except Exception:  # a broken outline (RecursionError in pypdf too) costs the headings only
         log.debug("unreadable PDF outline", exc_info=True)
