@@ -18,7 +18,6 @@ import time
 import zipfile
 
 import httpx
-import pytest
 from knowledge_docgen import make_docx, make_pdf
 from serve_process import protege_serve
 
