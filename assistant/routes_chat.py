@@ -254,40 +254,56 @@ async def chat_completions(
         args = (state, messages, done.result(), chunks, started, principal.user, True)
         threading.Thread(target=log_exchange, args=args, name="protege-log-aborted").start()
 
-    async def events() -> AsyncIterator[str]:
-        finished = False
-        try:
-            yield chunk(
-                {"role": "assistant", "content": ""}, adapter_version=version, sources=sources
-            )
-            item = first
-            while item is not None:
-                yield chunk({"content": item})
-                item = await deltas.get()
-            try:
-                result = future.result()
-            except ProtegeError as exc:  # headers are sent: the error goes in the stream
-                finished = True
-                yield f"data: {json.dumps({'error': {'message': str(exc), 'type': type(exc).__name__}})}\n\n"
-                return
-            finished = True  # from here the exchange is logged below, whatever the client does
-            exchange_id = await run_in_threadpool(
-                log_exchange, state, messages, result, chunks, started, principal.user
-            )
-            yield chunk({}, result.finish_reason, adapter_version=version, exchange_id=exchange_id)
-            if include_usage:
-                usage = {"id": reply_id, "object": "chat.completion.chunk", "created": created,
-                         "model": MODEL_ID, "choices": [], "usage": _usage(result)}  # fmt: skip
-                yield f"data: {json.dumps(usage)}\n\n"
-            yield "data: [DONE]\n\n"
-        finally:
-            # GeneratorExit or CancelledError: the client closed the stream early
-            if not finished:
-                log.info("stream %s aborted by the client; logged when the answer ends", reply_id)
-                future.add_done_callback(log_aborted)
+    finished = False  # the exchange is (or will be) logged by the stream itself
 
-    return StreamingResponse(
+    async def events() -> AsyncIterator[str]:
+        nonlocal finished
+        yield chunk({"role": "assistant", "content": ""}, adapter_version=version, sources=sources)
+        item = first
+        while item is not None:
+            yield chunk({"content": item})
+            item = await deltas.get()
+        try:
+            result = future.result()
+        except ProtegeError as exc:  # headers are sent: the error goes in the stream
+            finished = True
+            yield f"data: {json.dumps({'error': {'message': str(exc), 'type': type(exc).__name__}})}\n\n"
+            return
+        finished = True  # from here the exchange is logged below, whatever the client does
+        exchange_id = await run_in_threadpool(
+            log_exchange, state, messages, result, chunks, started, principal.user
+        )
+        yield chunk({}, result.finish_reason, adapter_version=version, exchange_id=exchange_id)
+        if include_usage:
+            usage = {"id": reply_id, "object": "chat.completion.chunk", "created": created,
+                     "model": MODEL_ID, "choices": [], "usage": _usage(result)}  # fmt: skip
+            yield f"data: {json.dumps(usage)}\n\n"
+        yield "data: [DONE]\n\n"
+
+    def on_close() -> None:
+        """The response ended: if the client left first (even before the first byte), the
+        exchange is logged once the engine has finished the answer, marked aborted."""
+        if not finished:
+            log.info("stream %s aborted by the client; logged when the answer ends", reply_id)
+            future.add_done_callback(log_aborted)
+
+    return _Stream(
         events(),
+        on_close,
         media_type="text/event-stream",
         headers={VERSION_HEADER: version, "Cache-Control": "no-cache"},
     )
+
+
+class _Stream(StreamingResponse):
+    """A StreamingResponse that calls `on_close` when it ends, however it ends."""
+
+    def __init__(self, content: AsyncIterator[str], on_close: Any, **kwargs: Any) -> None:
+        super().__init__(content, **kwargs)
+        self.on_close = on_close
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.on_close()

@@ -5,9 +5,10 @@
         server.rss_mb()                     # the server's resident memory, from /proc
         server.stop()                       # SIGTERM and wait (returns the exit code)
 
-`protege --config <home>/serve.yaml serve` (what `make demo` and a deployment run), its own
-profile in `home`, the test sandbox's student, a free port on loopback; stdout and stderr go to
-`home/serve.log` (shown when it fails to start). The context manager waits for /healthz (not
+`protege --config <home>-serve.yaml serve` (what `make demo` and a deployment run), its own
+profile beside `home` (the server creates `home` itself, as a first start does), the test
+sandbox's student, a free port on loopback; stdout and stderr go to `<home>-serve.log` (shown
+when it fails to start). The context manager waits for /healthz (not
 /readyz: some tests start a server that must come up not ready) and stops the process at the
 end (SIGTERM, then SIGKILL after 30 s).
 """
@@ -40,7 +41,7 @@ def free_port() -> int:
 class ServeProcess:
     def __init__(self, proc: subprocess.Popen, url: str, home: Path, config: Path) -> None:
         self.proc, self.url, self.home, self.config = proc, url, home, config
-        self.log = home / "serve.log"
+        self.log = home.parent / f"{home.name}-serve.log"
 
     @property
     def pid(self) -> int:
@@ -90,7 +91,7 @@ def write_config(home: Path, student_dir: Path, port: int, **sections: dict[str,
         "knowledge": knowledge,
         **sections,
     }
-    path = home / "serve.yaml"
+    path = home.parent / f"{home.name}-serve.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
 
@@ -99,7 +100,7 @@ def start(home: Path, config: Path, port: int, env: dict[str, str] | None = None
     """Start the process and wait for /healthz."""
     environment = {k: v for k, v in os.environ.items() if not k.startswith("PROTEGE_")}
     environment.update(env or {})
-    log = (home / "serve.log").open("ab")
+    log = (home.parent / f"{home.name}-serve.log").open("ab")
     proc = subprocess.Popen(
         [sys.executable, "-m", "assistant.cli", "--config", str(config), "serve"],
         stdout=log, stderr=subprocess.STDOUT, env=environment, cwd=REPO,
@@ -125,7 +126,7 @@ def protege_serve(
     home: Path, student_dir: Path, env: dict[str, str] | None = None, **sections: dict[str, Any]
 ) -> Iterator[ServeProcess]:
     """`protege serve` with `sections` (serving, knowledge, ...) over the test defaults."""
-    home.mkdir(parents=True, exist_ok=True)
+    home.parent.mkdir(parents=True, exist_ok=True)
     port = free_port()
     config = write_config(home, student_dir, port, **sections)
     server = start(home, config, port, env)

@@ -46,9 +46,9 @@ def search(url: str, key: str, query: str, k: int = 3) -> httpx.Response:
                       timeout=60)  # fmt: skip
 
 
-def check(home: Path, *args: str) -> tuple[int, dict]:
+def check(config: Path, *args: str) -> tuple[int, dict]:
     done = subprocess.run(
-        [sys.executable, "-m", "assistant.cli", "--config", str(home / "serve.yaml"),
+        [sys.executable, "-m", "assistant.cli", "--config", str(config),
          "knowledge", "check", "--json", *args],
         capture_output=True, text=True, cwd=REPO, timeout=300,
     )  # fmt: skip
@@ -96,7 +96,7 @@ def test_thousands_of_groups_are_refused_before_anything_is_written(
         assert hits[0]["name"] == "salaries.md"
         public = search(server.url, keys["admin"], "salary of engineering level 3").json()["data"]
         assert "salaries.md" not in {h["name"] for h in public}  # admins have no groups
-    code, report = check(server.home)
+    code, report = check(server.config)
     assert code == 0 and report["consistent"] and report["n_vectors"] == report["n_chunks"] >= 2
     # the index holds small integers beside each vector, never access data or request input
     index = ChromaIndex(server.home / "chroma", "protege-chunks")
@@ -138,9 +138,9 @@ def test_a_wedged_index_starts_not_ready_and_repair_rebuilds_it_from_sql(
         broken.stop()
     assert broken.stopped_cleanly()
 
-    code, report = check(server.home)  # without --repair: reports, changes nothing
+    code, report = check(server.config)  # without --repair: reports, changes nothing
     assert code == 1 and report["broken"] and not report["rebuilt"]
-    code, report = check(server.home, "--repair")
+    code, report = check(server.config, "--repair")
     assert code == 0 and report["rebuilt"] and len(report["missing"]) == report["n_chunks"] >= 2
 
     fixed = restart(server)
@@ -154,7 +154,7 @@ def test_a_wedged_index_starts_not_ready_and_repair_rebuilds_it_from_sql(
                       ).status_code == 201  # fmt: skip
     finally:
         fixed.stop()
-    code, report = check(server.home)
+    code, report = check(server.config)
     assert code == 0 and report["consistent"] and report["n_vectors"] == report["n_chunks"] >= 3
 
 
@@ -163,8 +163,8 @@ def test_a_corrupt_index_folder_is_moved_aside_and_rebuilt(sandbox_test, tmp_pat
         keys = keys_for(server.db_url)
         assert upload(server.url, keys["admin"], "parking.md", HANDBOOK).status_code == 201
     (server.home / "chroma" / "chroma.sqlite3").write_bytes(b"not a database" * 100)
-    code, report = check(server.home, "--repair")
+    code, report = check(server.config, "--repair")
     assert code == 0 and report["rebuilt"] and "cannot open" in report["broken"], report
     assert [p.name.startswith("chroma.broken-") for p in server.home.iterdir()].count(True) == 1
-    code, report = check(server.home)
+    code, report = check(server.config)
     assert code == 0 and report["consistent"] and report["n_vectors"] == report["n_chunks"] >= 1
