@@ -162,7 +162,10 @@ def _read_exact(fd: int, n: int, deadline: float | None) -> bytes:
     while left:
         if deadline is not None:
             wait = deadline - time.monotonic()
-            if wait <= 0 or not select.select([fd], [], [], wait)[0]:
+            # poll, not select: select() refuses descriptors past 1023 (a busy process has them)
+            poller = select.poll()
+            poller.register(fd, select.POLLIN | select.POLLHUP | select.POLLERR)
+            if wait <= 0 or not poller.poll(wait * 1000):
                 raise TimeoutError
         part = os.read(fd, min(left, 1 << 20))
         if not part:
