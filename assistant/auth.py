@@ -147,7 +147,7 @@ def check_open_mode(settings: Settings) -> None:
     if settings.serving.auth != "open":
         return
     host = settings.serving.host
-    if not _is_loopback(host):
+    if not is_loopback(host):
         raise ConfigError(
             f"serving.auth 'open' (no API keys) is only allowed on a loopback address, not on "
             f"{host!r}: use serving.auth 'keys' and `protege keys create`, or bind 127.0.0.1"
@@ -159,7 +159,7 @@ def check_open_mode(settings: Settings) -> None:
     )  # fmt: skip
 
 
-def _is_loopback(host: str) -> bool:
+def is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
     try:
@@ -194,12 +194,21 @@ def require_admin(principal: Principal = Depends(current_principal)) -> Principa
     return principal
 
 
+def is_protected(path: str) -> bool:
+    """/v1/* (known or not), /tokenize and /admin[/*] need a key."""
+    return path.startswith(("/v1/", "/admin/")) or path in ("/v1", "/admin", "/tokenize")
+
+
 def gate(request: Request) -> None:
-    """App-wide: /v1/* and /tokenize need a key, /admin/* an admin key, whoever adds the route."""
+    """App-wide: /v1/* and /tokenize need a key, /admin/* an admin key, whoever adds the route.
+
+    `assistant.guard.RequestGuard` has already refused requests without a valid key on every
+    protected path (routes or not); this keeps routes safe in an app without the guard.
+    """
     path = request.url.path
     if path == "/admin" or path.startswith("/admin/"):
         require_admin(current_principal(request))
-    elif path.startswith("/v1/") or path == "/tokenize":
+    elif is_protected(path):
         current_principal(request)
 
 

@@ -3,6 +3,7 @@
     protege sandbox build --size demo        # build (or reuse) the offline sandbox
     protege serve                            # API + engine on serving.host:port
     protege ingest docs/                     # add documents (folders recurse)
+    protege upload big.md                    # through the server; large files: a job, a bar
     protege documents list|show ID|delete ID --yes
     protege forget ID --yes                  # delete a document, taint adapters trained on it
     protege knowledge check [--repair]       # SQL vs vector index drift
@@ -234,6 +235,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_commands(sub)  # ingest, documents list|show|delete, forget, knowledge check [--repair]
 
+    from assistant.cli_upload import add_commands as add_upload_commands
+
+    add_upload_commands(sub)  # upload (through the server)
+
     train = sub.add_parser("train", help="run a training cycle")
     train.add_argument("--now", action="store_true", help="run one cycle now")
     train.add_argument("--no-notify", action="store_true", help="do not notify the running server")
@@ -287,6 +292,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         settings = load_settings(args.config)
+        from knowledge.db import private_dirs
+
+        private_dirs(settings)  # owner-only data folders, whichever command creates them first
         return args.func(settings, args)
     except ProtegeError as exc:
         print(f"protege: error: {exc}", file=sys.stderr)

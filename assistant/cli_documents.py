@@ -5,7 +5,8 @@
     protege documents show 7 [--json]          # every version, its size, chunks, adapters
     protege documents delete 7 --yes           # forget every version of document 7
     protege forget 7 --yes                     # the same: taints adapters trained on it
-    protege knowledge check [--repair] [--json]
+    protege knowledge check [--repair] [--rebuild] [--json]   # --repair also rebuilds a broken index
+    protege upload big.md --visibility company               # through the server (assistant/cli_upload.py)
 
 Exit codes: 0 fine; 1 some files failed to ingest, or `check` found drift (and did not repair);
 2 errors (bad arguments, unknown ids) as everywhere in the CLI.
@@ -119,10 +120,17 @@ def forget(settings: Settings, args: argparse.Namespace) -> int:
 def knowledge_check(settings: Settings, args: argparse.Namespace) -> int:
     from knowledge.consistency import check_index
 
-    report = check_index(_store(settings), repair=args.repair)
+    report = check_index(_store(settings), repair=args.repair, rebuild=args.rebuild)
     if args.json:
         print(json.dumps(report.as_dict(), indent=2))
     else:
+        if report.broken:
+            print(f"the vector index is broken: {report.broken}")
+        if report.rebuilt:
+            print(f"rebuilt the vector index from SQL: {len(report.missing)} chunks embedded")
+            return 0
+        if report.broken:
+            return 1
         print(
             f"{report.n_chunks} chunk rows, {report.n_vectors} vectors: "
             f"{len(report.orphans)} orphan vectors, {len(report.missing)} missing vectors"
@@ -175,6 +183,11 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     knowledge = sub.add_parser("knowledge", help="the knowledge index")
     knowledge_sub = knowledge.add_subparsers(dest="action", required=True)
     check = knowledge_sub.add_parser("check", help="compare SQL chunks with index vectors")
-    check.add_argument("--repair", action="store_true", help="remove orphans, add missing")
+    check.add_argument(
+        "--repair", action="store_true", help="remove orphans, add missing; rebuild a broken index"
+    )
+    check.add_argument(
+        "--rebuild", action="store_true", help="empty the index and embed every chunk from SQL"
+    )
     check.add_argument("--json", action="store_true")
     check.set_defaults(func=knowledge_check)

@@ -7,7 +7,7 @@
     protege conversations export [--out FILE] [--since 2026-11-01] > chats.jsonl
 
 The export writes one JSON object per exchange, oldest first: id, created_at, user, messages,
-answer, chunk_ids, adapter_version, latency_ms, prompt/completion tokens, feedback (every rating
+answer, chunk_ids, adapter_version, latency_ms, prompt/completion tokens, aborted, feedback (every rating
 with its comment) and training_opt_out (the user's current choice).
 """
 
@@ -112,6 +112,7 @@ def export_conversations(db: Engine, out: IO[str], since: datetime | None = None
             "latency_ms": e.latency_ms,
             "prompt_tokens": e.prompt_tokens,
             "completion_tokens": e.completion_tokens,
+            "aborted": e.aborted,  # the client closed the streamed answer before its end
             "feedback": feedback.get(e.id or 0, []),
             "training_opt_out": e.user in opted_out,
         }

@@ -50,6 +50,7 @@ from learner.scoring import sequence_logprobs
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+_SCORE_TOKENS = 8_192  # padded tokens per prompt_logprobs forward pass
 
 
 class _RowCriteria(StoppingCriteria):
@@ -247,16 +248,34 @@ class EmbeddedEngine:
         log.info("adapter %s unloaded", version)
 
     def _score(self, prompts: list[list[int]], version: str) -> list[list[float | None]]:
-        """log p(token_t | tokens_<t) of each prompt under `version`; position 0 has none."""
+        """log p(token_t | tokens_<t) of each prompt under `version`; position 0 has none.
+
+        Scored in micro-batches of about `_SCORE_TOKENS` padded tokens, so the logits of one
+        forward pass stay bounded whatever a request asks for (400 x 900 tokens once took 2 GB).
+        """
         if self._max_positions and max(map(len, prompts), default=0) > self._max_positions:
             raise BadInputError(f"a prompt exceeds the model's context of {self._max_positions}")
-        enc = self.tokenizer.pad({"input_ids": prompts}, return_tensors="pt")  # left padding
-        with torch.inference_mode(), self._adapter(version):
-            lp_B_T = sequence_logprobs(
-                self._model, enc["input_ids"].to(self.device), enc["attention_mask"].to(self.device)
-            )
-        return [[None, *lp_B_T[i, len(lp_B_T[i]) - len(ids) + 1 :].tolist()]
-                for i, ids in enumerate(prompts)]  # fmt: skip
+        out: list[list[float | None]] = []
+        start = 0
+        while start < len(prompts):
+            end, longest = start, 0
+            while end < len(prompts):
+                longest = max(longest, len(prompts[end]))
+                if end > start and longest * (end - start + 1) > _SCORE_TOKENS:
+                    break
+                end += 1
+            group = prompts[start:end]
+            enc = self.tokenizer.pad({"input_ids": group}, return_tensors="pt")  # left padding
+            with torch.inference_mode(), self._adapter(version):
+                lp_B_T = sequence_logprobs(
+                    self._model,
+                    enc["input_ids"].to(self.device),
+                    enc["attention_mask"].to(self.device),
+                )
+            out += [[None, *lp_B_T[i, len(lp_B_T[i]) - len(ids) + 1 :].tolist()]
+                    for i, ids in enumerate(group)]  # fmt: skip
+            start = end
+        return out
 
     @contextmanager
     def _adapter(self, version: str) -> Iterator[None]:

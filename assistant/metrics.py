@@ -29,6 +29,7 @@ from prometheus_client import (
 )
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from assistant.engine import GenerationResult
@@ -109,9 +110,27 @@ class MetricsMiddleware:
         try:
             await self.app(scope, receive, send_and_note)
         finally:
-            # the router put the matched route into the (shared) scope on the way in
-            route: Any = scope.get("route")
+            # the router put the matched route into the (shared) scope on the way in; a request
+            # refused before routing (assistant/guard.py) is matched here, to count under it
+            route: Any = scope.get("route") or _matching_route(scope)
             template = getattr(route, "path", None) or "unmatched"
             self.metrics.observe_request(
                 template, scope["method"], status, time.perf_counter() - started
             )
+
+
+def _matching_route(scope: Scope) -> Any:
+    """The route a request refused before routing would have reached (None: no such route)."""
+    return _first_match(getattr(scope.get("app"), "routes", ()), scope)
+
+
+def _first_match(routes: Any, scope: Scope) -> Any:
+    for route in routes:
+        match, _ = route.matches(scope)
+        if match != Match.FULL:
+            continue
+        # an included router (FastAPI >= 0.16x keeps them nested): the route inside it
+        inner = getattr(route, "routes", None)
+        inner = inner or getattr(getattr(route, "original_router", None), "routes", None)
+        return (_first_match(inner, scope) if inner else None) or route
+    return None

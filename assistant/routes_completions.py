@@ -12,6 +12,10 @@ prompt of a request is answered by the same pinned adapter version (`adapter_ver
 `X-Protege-Adapter-Version` header). `POST /tokenize` takes `prompt` or `messages` (rendered with
 the student's chat template, `add_generation_prompt`, `chat_template_kwargs`) and answers
 `{"count", "tokens"}`, as vLLM does: the ServerTeacher's compatibility check calls it.
+
+Caps (assistant/request_limits.py): prompts per request, prompt tokens per request, characters of
+a text prompt or of the messages (checked before tokenizing), stop strings; `chat_template_kwargs`
+may set template variables only. Tokenizing runs in a worker thread, never on the event loop.
 """
 
 from __future__ import annotations
@@ -31,7 +35,16 @@ from transformers import PreTrainedTokenizerBase
 
 from assistant.engine import GenerationParams, GenerationResult
 from assistant.hotswap import AdapterSwitcher
+from assistant.request_limits import (
+    check_chars,
+    check_messages,
+    check_prompt_count,
+    check_prompts,
+    checked_stops,
+    checked_template_kwargs,
+)
 from knowledge.errors import BadInputError, NotFoundError
+from knowledge.settings import Settings
 from learner.modeling import load_tokenizer, resolve_model_ref
 
 SERVED_MODEL = "protege"  # = assistant.app.MODEL_ID (app imports this module, not the reverse)
@@ -91,14 +104,19 @@ def _check_model(model: str | None) -> None:
         raise NotFoundError(f"unknown model {model!r}; this server serves {SERVED_MODEL!r}")
 
 
-def _token_prompts(body: CompletionRequest, tokenizer: PreTrainedTokenizerBase) -> list[list[int]]:
+def _token_prompts(
+    body: CompletionRequest, tokenizer: PreTrainedTokenizerBase, settings: Settings
+) -> list[list[int]]:
+    """The request's prompts as token ids, within the caps (blocking: run it in a thread)."""
     if isinstance(body.prompt, str):
+        check_chars(settings, [body.prompt], "the prompt")  # before the tokenizer sees it
         with _tokenizer_lock:
             prompts = [tokenizer(body.prompt)["input_ids"]]
     elif body.prompt and isinstance(body.prompt[0], int):
         prompts = [list(body.prompt)]
     else:
         prompts = [list(p) for p in body.prompt]
+    check_prompts(settings, prompts)
     vocab = len(tokenizer)
     for ids in prompts or [[]]:
         if not ids:
@@ -135,15 +153,16 @@ async def completions(body: CompletionRequest, request: Request) -> JSONResponse
         )
     settings, engine = request.app.state.settings, request.app.state.engine
     switcher: AdapterSwitcher = request.app.state.switcher
-    tokenizer = await run_in_threadpool(_tokenizer, request)
-    prompts = _token_prompts(body, tokenizer)
-    stops = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
+    if isinstance(body.prompt, list) and body.prompt and isinstance(body.prompt[0], list):
+        check_prompt_count(settings, len(body.prompt))  # before copying them
     params = GenerationParams(
         max_tokens=min(body.max_tokens, settings.serving.max_new_tokens),
         temperature=body.temperature,
         top_p=body.top_p,
-        stop=tuple(s for s in stops if s),
+        stop=checked_stops(settings, body.stop),
     )
+    tokenizer = await run_in_threadpool(_tokenizer, request)
+    prompts = await run_in_threadpool(_token_prompts, body, tokenizer, settings)
     version = switcher.acquire()
     futures: list[Future] = []
     try:
@@ -183,20 +202,36 @@ async def tokenize(body: TokenizeRequest, request: Request) -> dict[str, Any]:
     _check_model(body.model)
     if (body.prompt is None) == (body.messages is None):
         raise BadInputError("give exactly one of prompt or messages")
+    settings = request.app.state.settings
+    if body.messages is not None:
+        check_messages(settings, len(body.messages))
+        check_chars(settings, (m.content for m in body.messages), "the messages")
+        template_kwargs = checked_template_kwargs(body.chat_template_kwargs)
+    else:
+        check_chars(settings, [body.prompt or ""], "the prompt")
     tokenizer = await run_in_threadpool(_tokenizer, request)
-    with _tokenizer_lock:
-        if body.messages is not None:
-            text = tokenizer.apply_chat_template(
-                [m.model_dump() for m in body.messages],
-                tokenize=False,
-                add_generation_prompt=body.add_generation_prompt,
-                **body.chat_template_kwargs,
-            )
-            special = bool(body.add_special_tokens)
-        else:
-            text = body.prompt
-            special = body.add_special_tokens is not False
-        tokens = tokenizer(text, add_special_tokens=special)["input_ids"]
+
+    def encode() -> list[int]:  # in a thread: a long prompt must not stall the event loop
+        with _tokenizer_lock:
+            if body.messages is not None:
+                try:
+                    text = tokenizer.apply_chat_template(
+                        [m.model_dump() for m in body.messages],
+                        tokenize=False,
+                        add_generation_prompt=body.add_generation_prompt,
+                        **template_kwargs,
+                    )
+                except Exception as exc:  # Jinja errors, raise_exception() in the template
+                    raise BadInputError(
+                        f"the chat template cannot render these messages: {exc}"
+                    ) from exc
+                special = bool(body.add_special_tokens)
+            else:
+                text = body.prompt
+                special = body.add_special_tokens is not False
+            return tokenizer(text, add_special_tokens=special)["input_ids"]
+
+    tokens = await run_in_threadpool(encode)
     return {"count": len(tokens), "tokens": tokens}
 
 

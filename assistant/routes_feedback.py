@@ -32,7 +32,7 @@ router = APIRouter()
 class FeedbackRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    exchange_id: int
+    exchange_id: int = Field(ge=1, le=2**63 - 1)  # past SQL's BIGINT: 422, not a 500
     rating: Literal[1, -1]
     comment: str = Field(default="", max_length=4_000)
 

@@ -4,8 +4,9 @@
     curl -s localhost:8321/metrics    # Prometheus text format (assistant/metrics.py)
 
 /healthz (in assistant/app.py) says the process is up; /readyz says it can answer now: start-up
-finished (adapter synced, index repaired), the engine holds the served adapter, and the database
-answers a query. A load balancer sends traffic only to ready replicas.
+finished (adapter synced, index repaired), the engine holds the served adapter, the database
+answers a query, and (with retrieval) the vector index could be read at start; a broken index
+names the command that rebuilds it. A load balancer sends traffic only to ready replicas.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ def _checks(request: Request) -> dict[str, str]:
     """Each check's result: "ok" or what is wrong (blocking: run in a thread)."""
     state = request.app.state
     checks = {"startup": "ok" if getattr(state, "started", False) else "still starting"}
+    if state.settings.serving.retrieval:
+        checks["index"] = "ok" if state.index_error is None else state.index_error
     served = state.switcher.served
     try:
         loaded = served == BASE or served in state.engine.loaded_versions()

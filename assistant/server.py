@@ -7,7 +7,9 @@
         httpx.get(f"{url}/healthz")
 
 One process, one worker: the model lives in this process (embedded engine), so running several
-uvicorn workers would load it several times and each would hot-swap on its own.
+uvicorn workers would load it several times and each would hot-swap on its own. Both run with
+`assistant.http_protocol.uvicorn_config`: header and body read deadlines, a connection cap, a
+bounded graceful shutdown (README, "Limits").
 """
 
 from __future__ import annotations
@@ -18,12 +20,29 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from types import FrameType
 
 import uvicorn
 from fastapi import FastAPI
 
 from assistant.app import create_app
+from assistant.http_protocol import uvicorn_config
+from knowledge.parse_worker import shutdown_workers
 from knowledge.settings import Settings, load_settings
+
+
+class ProtegeServer(uvicorn.Server):
+    """uvicorn's server, stopping parser processes as soon as a shutdown is asked for.
+
+    uvicorn waits for requests in flight (up to `serving.shutdown_timeout_seconds`) before the
+    app's own shutdown runs; an upload stuck in a parser bomb would hold it that long. Killing
+    the parsers first ends such a request at once (503, "shutting down").
+    """
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        # a signal handler: the kill (locks, waits) runs in a thread of its own
+        threading.Thread(target=shutdown_workers, name="protege-stop-parsers").start()
+        super().handle_exit(sig, frame)
 
 
 def serve(settings: Settings) -> None:
@@ -32,7 +51,7 @@ def serve(settings: Settings) -> None:
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     app = create_app(settings)
-    uvicorn.run(app, host=settings.serving.host, port=settings.serving.port, log_level="info")
+    ProtegeServer(uvicorn_config(app, settings)).run()
 
 
 @contextmanager
@@ -43,9 +62,8 @@ def serve_in_thread(
 
     port 0 lets the OS pick a free port (read back from the bound socket: no race).
     """
-    server = uvicorn.Server(
-        uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on")
-    )
+    config = uvicorn_config(app, app.state.settings, host=host, port=port, log_level="warning")
+    server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name="protege-uvicorn", daemon=True)
     thread.start()
     deadline = time.monotonic() + timeout

@@ -8,20 +8,47 @@ Embeddings are always passed in: Chroma's default embedding function downloads a
 offline), and a custom one is stored by name in the collection, which other processes then cannot
 open. Only one process should write a given folder (the serving app); others read SQL. A server
 (`chroma run --path DIR --port P`) lets several processes share one index.
+
+Any Chroma failure is raised as IndexUnavailableError (503) naming the repair command; the index
+holds nothing SQL does not (knowledge/acl.py), so `reset()` plus re-adding every chunk from SQL
+(`protege knowledge check --repair`, knowledge/consistency.py) always brings it back.
 """
 
 from __future__ import annotations
 
+import functools
+import shutil
 import threading
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from knowledge.errors import ConfigError
+from knowledge.errors import ConfigError, IndexUnavailableError
 from knowledge.settings import Settings
 from knowledge.vector_index import Metadata, VectorHit
 
 _ID_PAGE = 10_000
+REPAIR_HINT = "run `protege knowledge check --repair` (with the server stopped) to rebuild it"
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _guarded(method: F) -> F:
+    """Chroma's own errors (InternalError "Error in compaction", a corrupt folder) as 503s."""
+
+    @functools.wraps(method)
+    def call(self: ChromaIndex, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, *args, **kwargs)
+        except (ConfigError, ValueError):
+            raise
+        except Exception as exc:
+            first = (str(exc).splitlines() or [""])[0][:300]
+            raise IndexUnavailableError(
+                f"the vector index failed ({type(exc).__name__}: {first}); {REPAIR_HINT}"
+            ) from exc
+
+    return call  # type: ignore[return-value]
 
 
 def open_index(settings: Settings) -> ChromaIndex:
@@ -36,23 +63,20 @@ class ChromaIndex:
     def __init__(self, path: Path | None, collection: str, *, client: Any = None) -> None:
         from chromadb.errors import InvalidArgumentError
 
-        if client is None:
-            import chromadb
-
-            if path is None:
-                raise ConfigError("ChromaIndex needs a folder or a client")
-            path.mkdir(parents=True, exist_ok=True)
-            client = chromadb.PersistentClient(path=str(path), settings=_chroma_settings())
-        self._client = client
+        self.path = path
+        if client is None and path is None:
+            raise ConfigError("ChromaIndex needs a folder or a client")
         self.collection_name = collection
         try:
-            self._collection = self._client.get_or_create_collection(
-                collection,
-                embedding_function=None,
-                configuration={"hnsw": {"space": "cosine"}},
-            )
+            self._client = client if client is not None else _open_folder(path)
+            self._collection = self._open_collection()
         except (ValueError, InvalidArgumentError) as exc:  # e.g. a name of 2 characters
             raise ConfigError(f"chroma collection {collection!r}: {exc}") from exc
+        except Exception as exc:  # a folder Chroma cannot read
+            raise IndexUnavailableError(
+                f"cannot open the vector index in {path}: {type(exc).__name__}: "
+                f"{(str(exc).splitlines() or [''])[0][:300]}; {REPAIR_HINT}"
+            ) from exc
         # The raw JSON: `.configuration` warns about the (intended) absent embedding function.
         hnsw = (self._collection.configuration_json or {}).get("hnsw") or {}
         if hnsw.get("space", "cosine") != "cosine":
@@ -63,6 +87,44 @@ class ChromaIndex:
         self._max_batch = max(1, int(self._client.get_max_batch_size()))
         # Calls are short (a query ~2 ms); one lock keeps the client's use simple and safe.
         self._lock = threading.Lock()
+
+    def _open_collection(self) -> Any:
+        return self._client.get_or_create_collection(
+            self.collection_name,
+            embedding_function=None,
+            configuration={"hnsw": {"space": "cosine"}},
+        )
+
+    def reset(self) -> None:
+        """An empty collection instead of this one, whatever state it is in (for a rebuild).
+
+        First Chroma's own delete (enough for a wedged log, "Error in compaction"); if Chroma
+        cannot even do that, an embedded folder is moved aside (`chroma.broken-<time>`, kept for
+        inspection) and a fresh one made.
+        """
+        with self._lock:
+            try:
+                self._client.delete_collection(self.collection_name)
+                self._collection = self._open_collection()
+                return
+            except Exception:
+                if self.path is None:  # a Chroma server: nothing more we can do from here
+                    raise
+            self.reset_folder(self.path)
+            self._client = _open_folder(self.path)
+            self._collection = self._open_collection()
+
+    @staticmethod
+    def reset_folder(path: Path) -> Path | None:
+        """Move an embedded index folder aside (`<name>.broken-<time>`); returns where to."""
+        from chromadb.api.client import SharedSystemClient
+
+        SharedSystemClient.clear_system_cache()  # chromadb caches a client per path per process
+        if not path.exists():
+            return None
+        aside = path.with_name(f"{path.name}.broken-{time.strftime('%Y%m%d-%H%M%S')}")
+        shutil.move(str(path), str(aside))
+        return aside
 
     @classmethod
     def server(cls, url: str, collection: str) -> ChromaIndex:
@@ -91,6 +153,7 @@ class ChromaIndex:
         """The chromadb client (LangChain's Chroma wrapper shares it)."""
         return self._client
 
+    @_guarded
     def add(
         self,
         ids: Sequence[str],
@@ -112,6 +175,7 @@ class ChromaIndex:
                     metadatas=[dict(m) for m in metadatas[start:end]],
                 )
 
+    @_guarded
     def delete(self, ids: Sequence[str]) -> None:
         if not ids:
             return
@@ -119,6 +183,7 @@ class ChromaIndex:
             for start in range(0, len(ids), self._max_batch):
                 self._collection.delete(ids=list(ids[start : start + self._max_batch]))
 
+    @_guarded
     def query(
         self,
         embedding: Sequence[float],
@@ -149,10 +214,12 @@ class ChromaIndex:
             for i, d, doc, meta in zip(ids, distances, documents, metadatas, strict=True)
         ]
 
+    @_guarded
     def count(self) -> int:
         with self._lock:
             return int(self._collection.count())
 
+    @_guarded
     def ids(self) -> list[str]:
         out: list[str] = []
         with self._lock:
@@ -161,6 +228,14 @@ class ChromaIndex:
                 out.extend(page)
                 if len(page) < _ID_PAGE:
                     return out
+
+
+def _open_folder(path: Path) -> Any:
+    import chromadb
+
+    # owner-only: the index holds every document's text (issue 11)
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return chromadb.PersistentClient(path=str(path), settings=_chroma_settings())
 
 
 def _chroma_settings() -> Any:

@@ -2,15 +2,21 @@
 
 engine = open_database(settings.db_url)   # creates / upgrades the schema with Alembic
 with Session(engine) as session: ...
+private_dirs(settings)                    # the data folders, owner-only, before first use
+
+A SQLite file is created readable by its owner only (0600; SQLite gives its -wal and -shm files
+the same mode), in a folder created 0700: it holds every document's text and every chat.
 """
 
 from __future__ import annotations
 
 import fcntl
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import Engine, event, text
 from sqlmodel import create_engine
@@ -31,7 +37,9 @@ def make_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
         path = url.split("sqlite:///", 1)[-1]
         if path and path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            Path(path).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            # created owner-only here (an empty file is a valid SQLite database)
+            os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
@@ -45,7 +53,7 @@ def _sqlite_migration_lock(engine: Engine) -> Iterator[None]:
     if engine.dialect.name != "sqlite" or not path or path == ":memory:":
         yield
         return
-    with open(f"{path}.migrate.lock", "a") as fh:
+    with os.fdopen(os.open(f"{path}.migrate.lock", os.O_CREAT | os.O_RDWR, 0o600), "r+") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
         try:
             yield
@@ -71,6 +79,15 @@ def upgrade_schema(engine: Engine) -> None:
             connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_LOCK_KEY})
         cfg.attributes["connection"] = connection
         command.upgrade(cfg, "head")
+
+
+def private_dirs(settings: Any) -> None:
+    """Create the data folders owner-only (0700) if missing: home, adapters, chroma, jobs.
+
+    Folders that exist keep their mode (an operator may have chosen it, e.g. a shared volume).
+    """
+    for folder in (settings.home, settings.adapters_dir, settings.chroma_dir, settings.jobs_dir):
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
 
 
 @cache

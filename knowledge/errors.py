@@ -101,3 +101,41 @@ class UpstreamUnavailableError(ProtegeError):
     """A server protege relies on (the vLLM engine's, a server teacher) cannot be reached."""
 
     http_status = 503
+
+
+class InvalidGroupsError(BadInputError):
+    """An upload's or key's group list is too long, or a name is too long or has odd characters."""
+
+    http_status = 422
+
+
+class TooComplexError(BadInputError):
+    """A file nested too deeply, or one whose parsing ran past its time limit (a parser bomb)."""
+
+    http_status = 422
+
+
+class AccessConflictError(ConflictError):
+    """The same bytes are stored already, with other access settings than this upload asks for."""
+
+
+class RateLimitedError(ProtegeError):
+    """Too many requests in flight for one API key, or too many ingest jobs queued."""
+
+    http_status = 429
+
+    def __init__(self, message: str, retry_after: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class IndexUnavailableError(ProtegeError):
+    """The vector index cannot be read or written; `protege knowledge check --repair` rebuilds it."""
+
+    http_status = 503
+
+
+class ShuttingDownError(ProtegeError):
+    """The server is stopping; the request may be sent again once it is back."""
+
+    http_status = 503

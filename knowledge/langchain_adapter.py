@@ -4,12 +4,14 @@
     retriever = knowledge_retriever(store, groups=["hr"], k=4)
     docs = retriever.invoke("How many vacation days?")       # [langchain Document, ...]
     vectorstore = knowledge_vectorstore(store)               # langchain_chroma.Chroma, same index
-    vectorstore.as_retriever(search_kwargs={"k": 4, "filter": acl_filter(["hr"])})
+    vectorstore.as_retriever(search_kwargs={"k": 4, "filter": acl_filter(store, ["hr"])})
 
 `knowledge_retriever` goes through `KnowledgeStore.retrieve`, so every hit is checked against SQL
 (deleted or replaced versions and ACL); prefer it. The VectorStore reads Chroma directly, for code
-that needs LangChain's VectorStore API: pass `acl_filter(groups)` as `filter`, or it sees every
-document. It refuses writes: documents enter through `KnowledgeStore.ingest_bytes`, which keeps
+that needs LangChain's VectorStore API: pass `acl_filter(store, groups)` as `filter`, or it sees
+every document (the filter lists the ids of the documents SQL lets `groups` see when it is made;
+make a new one after uploads). Its hits carry `document_id`, `position` and `version` only:
+names, titles and headings are in SQL (`store.get_document`). It refuses writes: documents enter through `KnowledgeStore.ingest_bytes`, which keeps
 SQL and the index in step. Both embed with the same offline all-MiniLM-L6-v2 as the store.
 """
 
@@ -25,7 +27,7 @@ from langchain_core.embeddings import Embeddings
 from langchain_core.retrievers import BaseRetriever
 from pydantic import ConfigDict
 
-from knowledge.acl import acl_where, clean_groups
+from knowledge.acl import clean_groups, visible_where
 from knowledge.embeddings import Embedder, get_embedder
 from knowledge.errors import ConfigError
 
@@ -73,9 +75,12 @@ class ReadOnlyChroma(Chroma):
         raise NotImplementedError(_READ_ONLY)
 
 
-def acl_filter(groups: Sequence[str] | None = None) -> dict[str, Any]:
-    """The Chroma `filter` that limits a search to what callers in `groups` may see."""
-    return acl_where(clean_groups(groups, strict=False))
+def acl_filter(store: Any, groups: Sequence[str] | None = None) -> dict[str, Any]:
+    """The Chroma `filter` that limits a search to what callers in `groups` may see (now)."""
+    with store.session() as session:
+        where = visible_where(session, clean_groups(groups, strict=False))
+    assert where is not None  # no max_ids given
+    return where
 
 
 def knowledge_vectorstore(store: Any) -> ReadOnlyChroma:

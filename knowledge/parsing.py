@@ -50,27 +50,54 @@ class ParsedDocument:
 
 
 def sanitize_name(name: str) -> str:
-    """The bare file name: no directories, no `..`, no control or invisible characters.
+    """The stored file name: the bare name, NFKC-folded, trimmed; refused when not usable.
 
-    NFKC folds look-alike forms (full-width letters, ligatures) so names compare as people read
-    them; format characters (bidi overrides that disguise `exe.txt` as `txt.exe`, zero-width
-    spaces) are dropped. Raises BadInputError when nothing usable is left (e.g. "../..").
+    Kept as given except for what people cannot see anyway: NFKC folds look-alike forms
+    (full-width letters, ligatures) so names compare as people read them, a directory part is
+    dropped (either slash), surrounding spaces go. Everything else that would make two distinct
+    names one (issue 11: ".md", "...md" and names of invisible characters all became "md"; two
+    300-character names became one) is refused with BadInputError saying why: invisible, control
+    or bidi characters, a leading dot, no letter, digit or symbol before the extension, more than
+    MAX_NAME_CHARS characters. The upload's answer shows the stored name.
     """
-    if not isinstance(name, str):
+    if not isinstance(name, str) or not name.strip():
         raise BadInputError("a file name is required")
+    shown = name[:80]
     name = unicodedata.normalize("NFKC", name)
     if name.rstrip().endswith(("/", "\\")):  # a folder, not a file
-        raise BadInputError(f"invalid file name {name!r}: it names a folder")
+        raise BadInputError(f"invalid file name {shown!r}: it names a folder")
     # Either slash counts as a directory separator, whatever the uploader's OS.
-    base = PurePosixPath(name.replace("\\", "/")).name
-    base = "".join(ch for ch in base if unicodedata.category(ch)[0] not in {"C", "Z"} or ch == " ")
-    base = base.strip().lstrip(".").strip()  # no hidden files, no "..", no " .md"
-    if not base or not PurePosixPath(base).stem.strip(". "):
-        raise BadInputError(f"invalid file name {name!r}")
+    base = PurePosixPath(name.replace("\\", "/")).name.strip()
+    hidden = sorted({f"U+{ord(ch):04X}" for ch in base if _invisible(ch)})
+    if hidden:
+        raise BadInputError(
+            f"invalid file name {shown!r}: it contains invisible, control or bidi characters "
+            f"({', '.join(hidden[:5])}); rename the file"
+        )
+    if not base or base.startswith("."):
+        raise BadInputError(
+            f"invalid file name {shown!r}: a name may not start with '.' or be only an extension"
+        )
+    stem = PurePosixPath(base).stem if PurePosixPath(base).suffix else base
+    if not any(unicodedata.category(ch)[0] in "LNS" for ch in stem):
+        raise BadInputError(
+            f"invalid file name {shown!r}: no letter, digit or symbol before the extension"
+        )
     if len(base) > MAX_NAME_CHARS:
-        suffix = PurePosixPath(base).suffix[:16]
-        base = base[: MAX_NAME_CHARS - len(suffix)] + suffix
+        raise BadInputError(
+            f"the file name is {len(base):,} characters; the limit is {MAX_NAME_CHARS} "
+            "(shortening it could make two names one): rename the file"
+        )
     return base
+
+
+def _invisible(ch: str) -> bool:
+    """Control, format (bidi, zero-width), surrogate, unassigned or line/paragraph separators;
+    spaces other than the plain one (NFKC already made most of them plain)."""
+    category = unicodedata.category(ch)
+    return category in {"Cc", "Cf", "Cs", "Cn", "Co", "Zl", "Zp"} or (
+        category == "Zs" and ch != " "
+    )
 
 
 def find_title(text: str, name: str, markdown: bool = False) -> str:

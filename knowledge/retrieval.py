@@ -4,8 +4,9 @@
 
 Every hit Chroma returns is looked up in SQL, which drops vectors of replaced or deleted versions
 (left by a crash, or mid-replace) and applies the ACL (`knowledge.acl.visible`), so a stale or
-wrong vector can cost a result but never leak one. Chroma's own ACL filter
-(`knowledge.acl.acl_where`) is the fallback for callers who see little of the corpus.
+wrong vector can cost a result but never leak one. For callers who see little of the corpus the
+fallback is a Chroma filter on the ids of the documents SQL lets them see
+(`knowledge.acl.visible_where`); access data itself is never stored in the index.
 """
 
 from __future__ import annotations
@@ -16,8 +17,10 @@ from typing import Any
 
 from sqlmodel import col, select
 
-from knowledge.acl import acl_where, clean_groups, visible
+from knowledge.acl import clean_groups, visible, visible_where
 from knowledge.tables import CURRENT, Chunk, Document
+
+_MAX_FILTER_IDS = 5_000  # more visible documents: look further unfiltered instead
 
 
 @dataclass(frozen=True)
@@ -42,8 +45,9 @@ def search_by_vector(
 
     First an unfiltered HNSW search for more than `k` (a few ms even at 100k vectors); SQL then
     drops what the caller may not see. Only when that leaves fewer than `k` (a caller who sees a
-    small part of the corpus) does Chroma filter by ACL itself: exact, but its metadata pre-filter
-    grows with the collection (~30 ms at 10k vectors on this machine). See bench/retrieval.py.
+    small part of the corpus) does Chroma filter itself, on the ids of the documents SQL says the
+    caller may see: exact, but its metadata pre-filter grows with the collection (~30 ms at 10k
+    vectors on this machine). See bench/retrieval.py.
     """
     caller = clean_groups(groups, strict=False)
     fetch = max(4 * k, k + 16)
@@ -51,8 +55,10 @@ def search_by_vector(
     results = _checked(store, hits, caller)
     if len(results) >= k or len(hits) < fetch:
         return results[:k]
-    where = acl_where(caller)
-    fetch = 2 * k + 4  # headroom for vectors SQL no longer knows (mid-replace, after a crash)
+    with store.session() as session:
+        where = visible_where(session, caller, max_ids=_MAX_FILTER_IDS)
+    # headroom for vectors SQL no longer knows (mid-replace, after a crash); unfiltered: further
+    fetch = 2 * k + 4 if where is not None else fetch * 4
     while True:
         hits = store.index.query(vector, fetch, where=where, payload=False)
         results = _checked(store, hits, caller)

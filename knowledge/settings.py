@@ -69,6 +69,16 @@ class KnowledgeConfig(_Section):
     max_unpacked_bytes: int = Field(50_000_000, gt=0)  # a DOCX's ZIP members, all together
     max_text_chars: int = Field(2_000_000, gt=0)  # text extracted from one file
     max_pages: int = Field(2_000, gt=0)  # PDF pages
+    # Hardening (README, "Limits"). Access lists stay small: a key's or a document's groups.
+    max_groups: int = Field(32, gt=0)
+    max_group_chars: int = Field(64, gt=0)  # each name: ASCII letters, digits, '_', '.', '@', '-'
+    # Parser bombs: element/XML nesting (HTML, DOCX, PDF outline) and wall time of one parse
+    # (it runs in a child process that is killed when the time is up).
+    max_nesting_depth: int = Field(256, gt=0)
+    parse_timeout_seconds: float = Field(30.0, gt=0)
+    # Uploads larger than this are ingested as a job: 202 and a status URL with progress.
+    job_threshold_bytes: int = Field(256_000, ge=0)
+    max_queued_jobs: int = Field(16, gt=0)  # more: 429 with Retry-After
 
     @model_validator(mode="after")
     def _overlap_fits(self) -> KnowledgeConfig:
@@ -219,6 +229,22 @@ class ServingConfig(_Section):
     # "keys": every /v1 and /admin call needs `Authorization: Bearer <key>` (`protege keys create`).
     # "open": no keys, everyone is a local admin; refused unless `host` is a loopback address.
     auth: Literal["keys", "open"] = "keys"
+    # Hardening (README, "Limits"): what one request or one client may cost.
+    max_body_bytes: int = Field(1_048_576, gt=0)  # uploads: knowledge.max_upload_bytes + 64 KiB
+    max_prompt_chars: int = Field(100_000, gt=0)  # chat messages together, a prompt, /tokenize
+    max_messages: int = Field(256, gt=0)  # messages of one chat or /tokenize request
+    max_prompts_per_request: int = Field(16, gt=0)  # /v1/completions
+    max_tokens_per_request: int = Field(32_768, gt=0)  # prompt tokens over a request's prompts
+    max_stop_strings: int = Field(16, ge=0)
+    max_stop_chars: int = Field(256, gt=0)  # each stop string
+    max_concurrent_per_key: int = Field(8, gt=0)  # requests in flight per API key; more: 429
+    header_timeout_seconds: float = Field(10.0, gt=0)  # request line + headers, from connect
+    body_timeout_seconds: float = Field(60.0, gt=0)  # the whole body, from the end of headers
+    max_connections: int = Field(512, gt=0)  # open connections; more are answered 503 and closed
+    keep_alive_seconds: int = Field(5, gt=0)
+    shutdown_timeout_seconds: int = Field(10, gt=0)  # then requests still running are cancelled
+    # /docs and /redoc load Swagger UI / ReDoc from a CDN: off unless asked for.
+    api_docs: bool = False
 
 
 class ScheduleConfig(_Section):
@@ -256,6 +282,10 @@ class Settings(_Section):
     @property
     def adapters_dir(self) -> Path:
         return self.home / "adapters"
+
+    @property
+    def jobs_dir(self) -> Path:
+        return self.home / "jobs"
 
     @property
     def runs_dir(self) -> Path:

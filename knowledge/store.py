@@ -20,18 +20,16 @@ One store may be shared by threads. With embedded Chroma only one process should
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import threading
 from collections.abc import Callable, Collection, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, delete, select
-from tqdm import tqdm
 
-from knowledge.acl import check_access, vector_metadata
+from knowledge.acl import vector_metadata
 from knowledge.chunking import ChunkPiece, chunk_document, count_words
 from knowledge.db import open_database
 from knowledge.deletion import DeleteResult, delete_versions
@@ -39,13 +37,22 @@ from knowledge.embeddings import Embedder, get_embedder
 from knowledge.errors import (
     BadInputError,
     ConflictError,
+    IndexUnavailableError,
     NotFoundError,
-    ProtegeError,
-    TooLargeError,
 )
 from knowledge.faults import pause_point
 from knowledge.formats import Limits
-from knowledge.parsing import collect_files, parse_document
+from knowledge.ingest import (
+    IngestReport,
+    Progress,
+    UploadPlan,
+    check_same_access,
+    embed_in_batches,
+    ingest_files,
+    no_progress,
+    plan_upload,
+)
+from knowledge.parse_worker import parse_isolated
 from knowledge.retrieval import RetrievedChunk, search_by_vector
 from knowledge.settings import Settings
 from knowledge.tables import CURRENT, DELETED, SUPERSEDED, Chunk, Document, DocumentText, utcnow
@@ -60,12 +67,6 @@ class IngestResult:
     document: Document
     created: bool  # False: these exact bytes are already a current document; `document` is it
     replaced: Document | None = None  # the version this upload superseded, if any
-
-
-@dataclass(frozen=True)
-class IngestReport:
-    results: list[IngestResult] = field(default_factory=list)
-    failures: list[tuple[Path, str]] = field(default_factory=list)  # (file, why)
 
 
 class KnowledgeStore:
@@ -89,7 +90,9 @@ class KnowledgeStore:
         # are covered by the partial unique indexes on current name and sha256 (see _insert).
         self.write_lock = threading.Lock()
         knobs = settings.knowledge
-        self.limits = Limits(knobs.max_unpacked_bytes, knobs.max_text_chars, knobs.max_pages)
+        self.limits = Limits(
+            knobs.max_unpacked_bytes, knobs.max_text_chars, knobs.max_pages, knobs.max_nesting_depth
+        )
 
     # -- components, opened on first use -------------------------------------------------------
 
@@ -123,45 +126,48 @@ class KnowledgeStore:
         uploaded_by: str | None = None,
         visibility: str | None = None,
         groups: Sequence[str] | str | None = None,
+        progress: Progress | None = None,
     ) -> IngestResult:
         """Parse, chunk, embed and store one file (all or nothing); see the module docstring.
 
-        The same bytes as a current document give that document back (`created=False`); new
-        bytes under a current document's name become its next version. Access: `visibility`
-        "company" or "groups" (with `groups`); given neither, a new version keeps the access of
-        the version it replaces (widening access must be explicit) and a new document is company.
+        The same bytes as a current document give that document back (`created=False`), unless
+        other access settings are asked for (AccessConflictError, 409); new bytes under a current
+        document's name become its next version. Access: `visibility` "company" or "groups" (with
+        `groups`); given neither, a new version keeps the access of the version it replaces
+        (widening access must be explicit) and a new document is company. `progress(stage, done,
+        total)` hears about each stage (ingest jobs show it). Parsing runs in a child process
+        within `knowledge.parse_timeout_seconds` (knowledge/parse_worker.py).
         """
-        inherit = visibility is None and not groups
-        visibility = visibility or ("groups" if groups else "company")
-        limit = self.settings.knowledge.max_upload_bytes
-        if len(data) > limit:
-            raise TooLargeError(f"{name!r} is {len(data):,} bytes; the upload limit is {limit:,}")
-        group_names = check_access(visibility, groups)
-        parsed = parse_document(name, data, self.limits)
-        sha = hashlib.sha256(data).hexdigest()
-        if existing := self._current_by_sha(sha):  # cheap exit before chunking and embedding
-            return IngestResult(existing, created=False)
+        plan = plan_upload(self, name, data, visibility=visibility, groups=groups)
+        if plan.existing is not None:  # cheap exit before parsing, chunking and embedding
+            return IngestResult(plan.existing, created=False)
+        report = progress or no_progress
         knobs = self.settings.knowledge
+        report("parsing", 0, 1)
+        parsed = parse_isolated(plan.name, data, self.limits, knobs.parse_timeout_seconds)
+        report("chunking", 0, 1)
         pieces = chunk_document(
             parsed.text, parsed.spans, self.count_tokens, knobs.chunk_tokens, knobs.chunk_overlap
         )
         if not pieces:
             raise BadInputError(f"{parsed.name!r} has no text")
-        vectors = self.embedder.embed([p.text for p in pieces])  # slow: outside the write lock
+        # slow: outside the write lock
+        vectors = embed_in_batches(self.embedder, [p.text for p in pieces], report)
         document = Document(
             name=parsed.name,
             title=parsed.title,
-            sha256=sha,
+            sha256=plan.sha256,
             size_bytes=len(data),
             media_type=parsed.media_type,
-            visibility=visibility,
-            groups=",".join(group_names),
+            visibility=plan.visibility,
+            groups=",".join(plan.groups),
             uploaded_by=uploaded_by,
             n_chunks=len(pieces),
         )
         index = self.index
+        report("writing", 0, len(pieces))
         with self.write_lock:
-            return self._insert(index, document, parsed.text, pieces, vectors, inherit)
+            return self._insert(index, document, parsed.text, pieces, vectors, plan)
 
     def _insert(
         self,
@@ -170,7 +176,7 @@ class KnowledgeStore:
         text: str,
         pieces: list[ChunkPiece],
         vectors: list[list[float]],
-        inherit_access: bool = False,
+        plan: UploadPlan,
     ) -> IngestResult:
         new_ids: list[str] = []
         old_ids: list[str] = []
@@ -180,12 +186,13 @@ class KnowledgeStore:
                 current = select(Document).where(Document.status == CURRENT)
                 if existing := session.exec(
                     current.where(Document.sha256 == document.sha256)
-                ).first():
+                ).first():  # the same bytes landed meanwhile
+                    check_same_access(existing, plan)
                     return IngestResult(existing, created=False)
                 previous = session.exec(current.where(Document.name == document.name)).first()
                 if previous is not None:
                     document.version = previous.version + 1
-                    if inherit_access:
+                    if plan.inherit_access:
                         document.visibility, document.groups = previous.visibility, previous.groups
                     old_ids = list(
                         session.exec(select(Chunk.id).where(Chunk.document_id == previous.id))
@@ -224,7 +231,8 @@ class KnowledgeStore:
             # Undo the vectors too (some batches may have landed before an add failed).
             self.forget_vectors(index, new_ids)
             if isinstance(exc, IntegrityError):
-                if existing := self._current_by_sha(document.sha256):
+                if existing := self.current_by_sha(document.sha256):
+                    check_same_access(existing, plan)
                     return IngestResult(existing, created=False)  # another process won the race
                 raise ConflictError(
                     f"{document.name!r} was changed by another upload at the same moment; retry"
@@ -262,29 +270,10 @@ class KnowledgeStore:
         `keep_going`: a bad file is reported in `failures` and the rest still go in; otherwise the
         first bad file raises its error (with the path) and the files before it stay.
         """
-        files = collect_files(paths)
-        limit = self.settings.knowledge.max_upload_bytes
-        report = IngestReport()
-        bar = tqdm(files, desc="ingest", unit="file", disable=not progress)
-        for path in bar:
-            bar.set_postfix_str(path.name[-40:], refresh=False)
-            try:
-                try:
-                    if (size := path.stat().st_size) > limit:  # don't read a huge file to refuse it
-                        raise TooLargeError(f"{size:,} bytes; the upload limit is {limit:,}")
-                    data = path.read_bytes()
-                except OSError as exc:
-                    raise BadInputError(f"cannot read: {exc}") from exc
-                result = self.ingest_bytes(
-                    path.name, data, uploaded_by=uploaded_by, visibility=visibility, groups=groups
-                )
-            except ProtegeError as exc:
-                if not keep_going:
-                    raise type(exc)(f"{path}: {exc}") from exc
-                report.failures.append((path, str(exc)))
-                continue
-            report.results.append(result)
-        return report
+        return ingest_files(
+            self, paths, uploaded_by=uploaded_by, visibility=visibility, groups=groups,
+            progress=progress, keep_going=keep_going,
+        )  # fmt: skip
 
     def ingest_paths(self, paths: Sequence[Path], **kwargs: object) -> list[IngestResult]:
         """`ingest_files` that stops at the first bad file (raising it); returns the results."""
@@ -316,7 +305,7 @@ class KnowledgeStore:
 
     # -- reading ---------------------------------------------------------------------------------
 
-    def _current_by_sha(self, sha: str) -> Document | None:
+    def current_by_sha(self, sha: str) -> Document | None:
         with self.session() as session:
             query = select(Document).where(Document.sha256 == sha, Document.status == CURRENT)
             return session.exec(query).first()
@@ -385,8 +374,13 @@ class KnowledgeStore:
         return delete_versions(self, doc_id, deleted_by)
 
     def sync_index(self) -> tuple[int, int]:
-        """Make the index match SQL; returns (vectors removed, vectors added). See check_index."""
+        """Make the index match SQL; returns (vectors removed, vectors added). See check_index.
+
+        A broken index is not rebuilt here: IndexUnavailableError says what to run.
+        """
         from knowledge.consistency import check_index
 
-        report = check_index(self, repair=True)
+        report = check_index(self, repair=True, fix_broken=False)
+        if report.broken is not None:
+            raise IndexUnavailableError(report.broken)
         return len(report.orphans), len(report.missing)

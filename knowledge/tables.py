@@ -1,5 +1,5 @@
 """SQL tables owned by `knowledge`: documents, chunks, conversations (exchanges), feedback,
-per-user training opt-outs.
+per-user training opt-outs, ingest jobs.
 
 One SQLModel metadata and one database for the whole app; `learner` owns its own tables.
 Schema changes ship with an Alembic migration in `knowledge/migrations/versions/`.
@@ -91,6 +91,9 @@ class Exchange(SQLModel, table=True):
     latency_ms: float
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    # The client went away before the answer's end (a streamed answer closed early): the row
+    # still records the whole answer the model produced.
+    aborted: bool = False
 
 
 class Feedback(SQLModel, table=True):
@@ -110,3 +113,36 @@ class TrainingOptOut(SQLModel, table=True):
 
     user: str = Field(primary_key=True)
     opted_out_at: datetime = Field(default_factory=utcnow)
+
+
+QUEUED, RUNNING, SUCCEEDED, FAILED = "queued", "running", "succeeded", "failed"
+
+
+class IngestJob(SQLModel, table=True):
+    """An upload ingested in the background (large files: `knowledge.job_threshold_bytes`).
+
+    The uploaded bytes wait in `<home>/jobs/<id>.upload` (owner-only) until the job ends. A job
+    still queued or running when its server died is marked failed at the next start
+    (assistant/jobs.py); the ingest itself is all or nothing, so nothing is half-written.
+    """
+
+    id: int | None = Field(default=None, primary_key=True)
+    status: str = Field(default=QUEUED, index=True)  # queued | running | succeeded | failed
+    name: str  # the stored name (sanitised)
+    size_bytes: int
+    sha256: str
+    visibility: str | None = None  # as asked; None: a new version keeps the previous access
+    groups: str = ""
+    uploaded_by: str | None = None
+    # which server runs it ("host:home"): a restart fails its own unfinished jobs, not a replica's
+    owner: str = ""
+    stage: str = QUEUED  # parsing, chunking, embedding, writing, done
+    done: int = 0  # units of `stage` finished (chunks embedded, ...)
+    total: int = 0
+    document_id: int | None = None  # when succeeded
+    created_document: bool | None = None  # False: these bytes were stored already
+    replaced_id: int | None = None
+    error: str | None = None  # when failed: what the upload would have answered
+    created_at: datetime = Field(default_factory=utcnow)
+    updated_at: datetime = Field(default_factory=utcnow)
+    finished_at: datetime | None = None

@@ -62,7 +62,7 @@ class Registry:
         self.settings = settings
         self.engine = open_database(settings.db_url)
         self.root = settings.adapters_dir
-        self.root.mkdir(parents=True, exist_ok=True)
+        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)  # owner-only (issue 11)
 
     # ---- writing -------------------------------------------------------------------------
     def next_version(self) -> str:
@@ -92,7 +92,7 @@ class Registry:
         if final.exists():
             raise AdapterIntegrityError(f"adapter folder {final} already exists")
         shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
+        tmp.mkdir(parents=True, mode=0o700)
         save(tmp)
         sha = folder_sha256(tmp)
         meta = {

@@ -215,16 +215,32 @@ def test_text_limit_catches_small_files_with_huge_text(tmp_path: Path, embedder)
         ("../../etc/passwd.txt", "passwd.txt"),
         ("C:\\Users\\ana\\plan.md", "plan.md"),
         ("ｒｅｐｏｒｔ．ｍｄ", "report.md"),  # full-width forms fold to ASCII
-        ("re\u200bport.md", "report.md"),  # zero-width space
-        ("invoice\u202etxt.md", "invoicetxt.md"),  # right-to-left override
         ("Café menu.md", "Café menu.md"),
         ("📄 notes.md", "📄 notes.md"),
-        ("  .hidden.md", "hidden.md"),
-        ("x" * 300 + ".md", "x" * 197 + ".md"),
+        ("  notes.md ", "notes.md"),
+        ("x" * 197 + ".md", "x" * 197 + ".md"),
     ],
 )
 def test_odd_names_are_reduced_to_safe_file_names(raw: str, clean: str) -> None:
     assert sanitize_name(raw) == clean
+
+
+@pytest.mark.parametrize(
+    ("raw", "why"),
+    [
+        ("re\u200bport.md", "invisible"),  # zero-width space: would equal "report.md"
+        ("invoice\u202etxt.md", "U\\+202E"),  # right-to-left override
+        ("\u200b\u200e.md", "invisible"),  # nothing but invisible characters
+        ("  .hidden.md", "start with '.'"),
+        (".md", "only an extension"),
+        ("...md", "only an extension"),
+        ("__.md", "no letter"),
+        ("x" * 300 + ".md", "303 characters; the limit is 200"),  # cut, two names would be one
+    ],
+)
+def test_names_that_would_collide_are_refused_saying_why(raw: str, why: str) -> None:
+    with pytest.raises(BadInputError, match=why):
+        sanitize_name(raw)
 
 
 def test_path_traversal_never_touches_the_filesystem(store: KnowledgeStore) -> None:

@@ -126,12 +126,16 @@ def test_chunks_respect_the_token_budget_and_overlap() -> None:
         ("notes.txt", "notes.txt"),
         ("../../etc/passwd.txt", "passwd.txt"),
         ("C:\\Users\\ana\\plan.md", "plan.md"),
-        ("ev\x00il\n.md", "evil.md"),
-        (".hidden.md", "hidden.md"),
     ],
 )
 def test_sanitize_name(raw: str, clean: str) -> None:
     assert sanitize_name(raw) == clean
+
+
+@pytest.mark.parametrize("raw", ["ev\x00il\n.md", ".hidden.md", ".md", "...md", "  ", "---.md"])
+def test_names_that_would_collide_or_say_nothing_are_refused(raw: str) -> None:
+    with pytest.raises(BadInputError, match="file name"):
+        sanitize_name(raw)
 
 
 def test_titles() -> None:

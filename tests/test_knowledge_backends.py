@@ -95,7 +95,7 @@ def test_store_on_a_chroma_server(chroma_server: str, tmp_path: Path, embedder: 
     other = KnowledgeStore(Settings(home=tmp_path, knowledge=knowledge))
     assert sorted(other.index.ids()) == sorted(store.index.ids())
     [doc] = knowledge_vectorstore(other).similarity_search(
-        "salary band", k=1, filter=acl_filter(["hr"])
+        "salary band", k=1, filter=acl_filter(other, ["hr"])
     )
     assert doc.metadata["document_id"] == hr.id
 

@@ -74,7 +74,7 @@ def test_readyz_is_ready_once_started(served) -> None:
     assert response.status_code == 200
     assert response.json() == {
         "status": "ready",
-        "checks": {"startup": "ok", "engine": "ok", "database": "ok"},
+        "checks": {"startup": "ok", "index": "ok", "engine": "ok", "database": "ok"},
     }
 
 

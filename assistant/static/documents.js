@@ -65,6 +65,20 @@ visibility.addEventListener("change", () => {
   groups.required = !groups.disabled;
 });
 
+// Poll a large upload's job, showing its stage and progress; the stored document at the end.
+async function followJob(job) {
+  while (job.status === "queued" || job.status === "running") {
+    const counts = job.total > 1 ? ` ${job.done}/${job.total}` : "";
+    showStatus(`${job.name}: ${job.stage}${counts} (${Math.round(job.progress * 100)}%)`, "info");
+    await new Promise((resolve) => setTimeout(resolve, 500));
+    job = await api(job.status_url);
+  }
+  if (job.status !== "succeeded") throw new Error(`${job.name}: ${job.error}`);
+  return api(`/v1/documents/${job.document_id}`).then((doc) => ({
+    ...doc, created: job.created, replaced_id: job.replaced_id,
+  }));
+}
+
 uploadForm.addEventListener("submit", async (event) => {
   event.preventDefault();
   const files = [...document.getElementById("file").files];
@@ -76,7 +90,8 @@ uploadForm.addEventListener("submit", async (event) => {
       // no visibility: a new version keeps its previous access (widening must be chosen)
       if (visibility.value) data.append("visibility", visibility.value);
       if (visibility.value === "groups") data.append("groups", groups.value);
-      const doc = await api("/v1/documents", { method: "POST", body: data });
+      let doc = await api("/v1/documents", { method: "POST", body: data });
+      if (doc.object === "ingest.job") doc = await followJob(doc); // a large file: 202 and a job
       const what = !doc.created ? "already stored" : doc.replaced_id ? `new version v${doc.version}` : "new";
       done.push(`${doc.name} (${what}, ${doc.n_chunks} chunks)`);
     }

@@ -26,6 +26,7 @@ class Limits:
     max_unpacked_bytes: int = 50_000_000
     max_text_chars: int = 2_000_000
     max_pages: int = 2_000
+    max_depth: int = 256  # element / XML / outline nesting (knowledge.max_nesting_depth)
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,8 @@ A DOCX is a ZIP archive, so it is checked before python-docx opens it: member co
 size its members declare (`Limits.max_unpacked_bytes`) and each member's compression ratio. That
 stops zip bombs without unpacking them. Python's zipfile never returns more than a member declares,
 so a member lying about its size cannot get past the total either. python-docx parses XML with
-entity resolution off, so "billion laughs" XML does not expand.
+entity resolution off, so "billion laughs" XML does not expand; the body's XML nesting is checked
+first (`Limits.max_depth`).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from io import BytesIO
 
 from knowledge.errors import BadInputError, CorruptDocumentError, MislabeledDocumentError
 from knowledge.formats import Extracted, HeadingPath, Limits, Span
+from knowledge.formats.depth import check_xml_depth
 from knowledge.formats.text import _checked
 
 MAX_MEMBERS = 2_000
@@ -46,6 +48,11 @@ def check_archive(name: str, data: bytes, limits: Limits) -> None:
     names = {m.filename for m in members}
     if "word/document.xml" not in names:
         raise MislabeledDocumentError(f"{name!r} is a ZIP archive but not a Word document")
+    with zipfile.ZipFile(BytesIO(data)) as archive:  # sizes are checked above: safe to stream
+        for member in ("word/document.xml", "word/styles.xml"):
+            if member in names:
+                with archive.open(member) as stream:
+                    check_xml_depth(name, stream, limits.max_depth)
 
 
 def parse_docx(name: str, data: bytes, limits: Limits) -> Extracted:

@@ -1,7 +1,8 @@
 """HTML pages: visible text in reading order, headings as Markdown headings and spans.
 
-Parsed with BeautifulSoup on lxml's HTML parser (no network, no entity expansion). Scripts, styles
-and other invisible parts are dropped; block elements become paragraphs, `<br>` a line break.
+Parsed with BeautifulSoup on lxml's HTML parser (no network, no entity expansion), after a depth
+check (knowledge/formats/depth.py: deep nesting makes BeautifulSoup slow). Scripts, styles and
+other invisible parts are dropped; block elements become paragraphs, `<br>` a line break.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from bs4 import BeautifulSoup, Comment, UnicodeDammit
 
 from knowledge.errors import BadInputError
 from knowledge.formats import Extracted, HeadingPath, Limits, Span
+from knowledge.formats.depth import check_html_depth
 from knowledge.formats.detect import looks_binary
 from knowledge.formats.text import _checked
 
@@ -30,6 +32,7 @@ def parse_html(name: str, data: bytes, limits: Limits) -> Extracted:
     html = UnicodeDammit(data, is_html=True).unicode_markup
     if html is None or looks_binary(html):
         raise BadInputError(f"{name!r} is not readable HTML text")
+    check_html_depth(name, html.encode("utf-8", "surrogatepass"), limits.max_depth)
     soup = BeautifulSoup(html, "lxml")
     title_tag = soup.find("title")
     title = " ".join(title_tag.get_text(" ").split()) if title_tag else ""

@@ -1,8 +1,9 @@
 """PDF: text per page (pypdf), page numbers and outline (bookmark) headings as spans.
 
 Scanned PDFs (images only) have no text to extract and are refused with that reason; OCR is out of
-scope. pypdf's own limits guard against decompression bombs in streams; pages and text are capped
-by `Limits` too.
+scope. pypdf's own limits guard against decompression bombs in streams; pages, text and the
+outline's nesting are capped by `Limits` too, and the parse's time by the child process it runs in
+(knowledge/parse_worker.py).
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import logging
 from io import BytesIO
 
-from knowledge.errors import BadInputError, CorruptDocumentError
+from knowledge.errors import BadInputError, CorruptDocumentError, TooComplexError
 from knowledge.formats import Extracted, Limits, Span
 from knowledge.formats.text import _checked
 
@@ -41,10 +42,14 @@ def parse_pdf(name: str, data: bytes, limits: Limits) -> Extracted:
                     f"{name!r} holds more than {limits.max_text_chars:,} characters of text"
                 )
             texts.append(text.strip())
-        outline = _outline(reader)
+        outline = _outline(reader, limits.max_depth)
         title = str((reader.metadata or {}).get("/Title") or "").strip() or None
     except BadInputError:
         raise
+    except pypdf.errors.LimitReachedError as exc:  # pypdf's own bounds (outline depth, ...)
+        raise TooComplexError(
+            f"{name!r} goes past a PDF reader limit ({exc}); refused as a possible parser bomb"
+        ) from exc
     except Exception as exc:
         # pypdf signals damage with many exception types (its own, ValueError, KeyError,
         # NotImplementedError for garbled filter names, ...): all mean "cannot read this file".
@@ -75,12 +80,17 @@ def _find(text: str, heading: str) -> int:
     return position if position >= 0 else 0  # not found in the text: from the page's top
 
 
-def _outline(reader) -> list[tuple[int, str]]:  # noqa: ANN001
+def _outline(reader, max_depth: int) -> list[tuple[int, str]]:  # noqa: ANN001
     """(1-based page, heading path) for every bookmark, nested ones as "A > B"."""
     found: list[tuple[int, str]] = []
 
     def walk(items, parents: tuple[str, ...]) -> None:  # noqa: ANN001
         last: tuple[str, ...] = parents
+        if len(parents) > max_depth:
+            raise TooComplexError(
+                f"the PDF outline nests more than {max_depth:,} levels deep "
+                "(knowledge.max_nesting_depth); refused as a possible parser bomb"
+            )
         for item in items:
             if isinstance(item, list):
                 walk(item, last)
@@ -96,8 +106,12 @@ def _outline(reader) -> list[tuple[int, str]]:  # noqa: ANN001
             if page is not None and page >= 0:
                 found.append((page + 1, " > ".join(last)))
 
+    from pypdf.errors import LimitReachedError
+
     try:
         walk(reader.outline, ())
-    except Exception:  # a broken outline costs the headings, not the document
+    except (TooComplexError, LimitReachedError):
+        raise
+    except Exception:  # a broken outline (RecursionError in pypdf too) costs the headings only
         log.debug("unreadable PDF outline", exc_info=True)
     return found
