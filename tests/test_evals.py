@@ -137,7 +137,7 @@ def _naive_report(rows, predictions):
         best = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[0]
         if best[1] > 1:
             majority_items |= {i for i in idx if normalize(rows[i]["answer"]) == best[0]}
-    correct = [qa_correct(p, r["answer"]) for p, r in zip(predictions, rows)]
+    correct = [qa_correct(p, r["answer"]) for p, r in zip(predictions, rows, strict=True)]
     rest = [c for i, c in enumerate(correct) if i not in majority_items]
     return len(majority_items) / len(rows), sum(correct) / len(rows), sum(rest) / len(rest)
 
