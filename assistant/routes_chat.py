@@ -86,14 +86,17 @@ class ChatRequest(BaseModel):
     stream: bool = False
     stream_options: StreamOptions | None = None
     n: int = 1
+    # protege's extension: false answers closed-book (no retrieval, no sources) even where
+    # `serving.retrieval` is on: what the model itself knows, as the demo and evals ask it.
+    retrieval: bool = True
 
 
 def ground(
-    state: Any, messages: list[Message], groups: tuple[str, ...]
+    state: Any, messages: list[Message], groups: tuple[str, ...], retrieval: bool = True
 ) -> tuple[list[Message], list[RetrievedChunk]]:
     """Put passages the caller's `groups` may see into the last user turn (blocking)."""
     settings = state.settings
-    if not settings.serving.retrieval:
+    if not settings.serving.retrieval or not retrieval:
         return messages, []
     users = [i for i, m in enumerate(messages) if m["role"] == "user"]
     if not users:
@@ -188,7 +191,9 @@ async def chat_completions(
         top_p=body.top_p,
         stop=checked_stops(settings, body.stop),
     )
-    model_messages, chunks = await run_in_threadpool(ground, state, messages, principal.groups)
+    model_messages, chunks = await run_in_threadpool(
+        ground, state, messages, principal.groups, body.retrieval
+    )
     sources = [
         {"document_id": c.document_id, "title": c.title, "chunk_id": c.chunk_id} for c in chunks
     ]

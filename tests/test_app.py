@@ -133,6 +133,22 @@ def test_grounded_answer_has_sources_and_is_logged(served, http, zephyr):
     assert row.completion_tokens == body["usage"]["completion_tokens"] > 0
 
 
+def test_retrieval_off_answers_closed_book(served, http, zephyr):
+    response = http.post(
+        "/v1/chat/completions",
+        json={"messages": [{"role": "user", "content": QUESTION}], "max_tokens": 4,
+              "retrieval": False},
+    )  # fmt: skip
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["sources"] == []
+    tokenizer = served.app.state.engine.tokenizer
+    bare = chat_prompt(tokenizer, [{"role": "user", "content": QUESTION}])
+    assert body["usage"]["prompt_tokens"] == served.app.state.engine.count_tokens(bare)
+    row = _exchange(served, body["exchange_id"])
+    assert json.loads(row.chunk_ids_json) == []
+
+
 def test_openai_client_non_streaming_and_streaming_agree(served, zephyr):
     client = OpenAI(base_url=f"{served.url}/v1", api_key="unused", max_retries=0, timeout=120)
     assert [m.id for m in client.models.list().data] == ["protege"]
