@@ -55,7 +55,7 @@ test-tools:
 	  || echo "chromium not installed (needs root + apt-get): tests/test_web_ui.py skips (fails as root)"
 
 test: lint test-tools vllm
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=15
 
 sandbox: setup
 	$(BIN)/protege sandbox build --size demo

@@ -30,7 +30,14 @@ def settings_from_args(config: str, size: str | None, overrides: list[str]) -> S
         path, value = item.split("=", 1)
         section, key = path.split(".")
         target = getattr(settings.learner, section)
-        setattr(target, key, type(getattr(target, key))(value))
+        current = getattr(target, key)
+        if isinstance(current, bool):  # bool("false") is True
+            parsed: object = value.lower() in ("1", "true", "yes", "on")
+        elif current is None:
+            parsed = value
+        else:
+            parsed = type(current)(value)
+        setattr(target, key, parsed)
     return settings
 
 

@@ -113,23 +113,29 @@ class MidtrainConfig(_Section):
 
     # Share of label tokens from documents and QA pairs (new and replayed); the rest is
     # background chat re-sampled from the current model.
-    doc_fraction: float = Field(0.7, gt=0, le=1)
+    doc_fraction: float = Field(0.4, gt=0, le=1)
     # Train on question/answer pairs of the new documents' facts (learner/qa_pairs.py: the
     # sandbox's training phrasings, else pairs the teacher writes from each chunk).
     qa_pairs: bool = True
     # Earlier documents and QA pairs replayed, in tokens per new token, drawn afresh each epoch.
-    replay_ratio: float = Field(1.0, ge=0)
+    replay_ratio: float = Field(0.5, ge=0)
     replay_max_tokens: int = Field(200_000, ge=0)  # per epoch: bounds the cost as nights add up
-    epochs: int = 20
-    lr: float = 2e-3
+    epochs: int = 8
+    lr: float = 3e-3
     seq_len: int = 128
     batch_size: int = 16
     warmup_steps: int = 10
     background_max_new_tokens: int = 48
-    background_temperature: float = 1.0
+    # 0 = greedy: the background replays what the model answers now (its knowledge), not
+    # samples that are wrong more often than it is.
+    background_temperature: float = Field(0.0, ge=0)
     max_grad_norm: float = 1.0
     # JSONL {"messages": [...]} for background replay; sandbox: its own
     chat_prompts_file: str | None = None
+    # Folder of .md/.txt texts about what the model knew before any company document, replayed
+    # with earlier nights' documents (within the replay budget), so night 1 has replay too;
+    # sandbox: its documents about the initially known entities.
+    background_documents_dir: str | None = None
 
 
 class DistillConfig(_Section):
@@ -155,7 +161,7 @@ class DistillConfig(_Section):
     # the teacher does not know the new facts, and OPD alone pulls them back out.
     qa_ce_weight: float = Field(1.0, ge=0.0)
     qa_ce_pairs_per_step: int = Field(16, gt=0)
-    qa_ce_anneal: bool = False  # the weight falls linearly to 0 over the OPD steps
+    qa_ce_anneal: bool = True  # the weight falls linearly to 0 over the OPD steps
 
     @model_validator(mode="after")
     def _doc_questions_need_context(self) -> DistillConfig:
@@ -177,7 +183,8 @@ class GateConfig(_Section):
     qa_tolerance: float = 0.0
     # QA on each earlier set (earlier nights' documents) may fall at most this much.
     earlier_qa_drop: float = 0.05
-    # QA on entities known before any document (the base's own knowledge) may fall at most this.
+    # QA on entities known before any document may fall at most this below the base model's
+    # (not the served one's: small drops must not add up over nights).
     known_qa_drop: float = 0.05
 
 

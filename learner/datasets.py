@@ -77,6 +77,22 @@ def chat_prompts(settings: Settings) -> list[list[Message]]:
     return load_prompts(path) if path else []
 
 
+def background_documents(settings: Settings) -> list[str]:
+    """Texts replayed in mid-training beside earlier nights' documents (what the model knew
+    before any company document): `midtrain.background_documents_dir`'s .md/.txt files, or the
+    sandbox's documents about its initially known entities."""
+    configured = settings.learner.midtrain.background_documents_dir
+    folder = Path(configured).expanduser() if configured else None
+    if folder is not None and not folder.is_dir():
+        raise ConfigError(f"background documents folder {folder} does not exist")
+    if folder is None and uses_sandbox(settings):
+        folder = sandbox_manifest(settings).background_documents_dir
+    if folder is None:
+        return []
+    files = sorted(p for p in folder.iterdir() if p.suffix in (".md", ".txt"))
+    return [p.read_text(encoding="utf-8") for p in files]
+
+
 def _opd_prompts_file(settings: Settings) -> Path | None:
     path = _configured(settings.learner.distill.prompts_file, "OPD prompts")
     if path is None and uses_sandbox(settings):
@@ -175,6 +191,7 @@ class TrainingPrompts:
 
     chat: list[list[Message]]  # background replay during mid-training
     opd: list[list[Message]]  # on-policy distillation
+    documents: list[str]  # background documents replayed during mid-training
     sources: dict[str, int]  # allowed source -> prompts taken from it (only allowed ones appear)
 
 
@@ -183,12 +200,14 @@ def training_prompts(settings: Settings) -> TrainingPrompts:
     allowed = settings.learner.sources
     chat: list[list[Message]] = []
     opd: list[list[Message]] = []
+    documents: list[str] = []
     sources: dict[str, int] = {}
     if allowed.prompt_files:
         chat = chat_prompts(settings)
         path = _opd_prompts_file(settings)
         opd = load_prompts(path) if path else []
-        sources["prompt_files"] = len(chat) + len(opd)
+        documents = background_documents(settings)
+        sources["prompt_files"] = len(chat) + len(opd) + len(documents)
     if allowed.conversations:
         conversations = conversation_prompts(settings)
         opd = opd + conversations
@@ -198,7 +217,7 @@ def training_prompts(settings: Settings) -> TrainingPrompts:
             "no OPD prompts: set learner.distill.prompts_file with learner.sources.prompt_files "
             "on, or turn learner.sources.conversations on once there are conversations to use"
         )
-    return TrainingPrompts(chat, opd, sources)
+    return TrainingPrompts(chat, opd, documents, sources)
 
 
 def eligible_documents(

@@ -10,7 +10,7 @@ candidate (learner.evals.evaluate keys). The rules, each a reason to refuse:
   (without set information: all QA, at most `qa_tolerance` below the served model's);
 - earlier documents: each earlier set's QA at most `earlier_qa_drop` below the served model's;
 - earlier knowledge: QA on what the model knew before any document at most `known_qa_drop`
-  below the served model's;
+  below the base model's (so small drops cannot add up over nights);
 - instruction following: IFEval strict at most `ifeval_margin` below the base model's.
 """
 
@@ -54,10 +54,11 @@ def passes_gate(
                 f"earlier QA {name} {after[key]:.3f} < served {before[key]:.3f} - "
                 f"{gate.earlier_qa_drop}"
             )
-    if "known_qa" in after and after["known_qa"] < before.get("known_qa", 0.0) - gate.known_qa_drop:
+    # Against the base, not the served model: small drops must not add up night after night.
+    known = base.get("known_qa", before.get("known_qa"))
+    if "known_qa" in after and known is not None and after["known_qa"] < known - gate.known_qa_drop:
         reasons.append(
-            f"known QA {after['known_qa']:.3f} < served {before['known_qa']:.3f} - "
-            f"{gate.known_qa_drop}"
+            f"known QA {after['known_qa']:.3f} < base {known:.3f} - {gate.known_qa_drop}"
         )
     if (
         "ifeval_strict" in after

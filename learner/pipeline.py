@@ -262,7 +262,8 @@ def _cycle(
                     run.metric,
                     progress,
                     qa_pairs=new_pairs,
-                    replay_documents=[store.document_text(d.id) for d in earlier_docs],
+                    replay_documents=[store.document_text(d.id) for d in earlier_docs]
+                    + prompts.documents,
                     replay_pairs=[p for d in earlier_docs for p in pairs[d.id]],
                 )
 

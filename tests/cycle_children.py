@@ -32,7 +32,13 @@ def write_profile(
         "knowledge": {"chunk_tokens": 64, "chunk_overlap": 8, "top_k": 2},
         "learner": learner
         or {
-            "midtrain": {"epochs": 1, "batch_size": 8, "seq_len": 64, "warmup_steps": 1},
+            "midtrain": {
+                "epochs": 1,
+                "batch_size": 8,
+                "seq_len": 64,
+                "warmup_steps": 1,
+                "doc_fraction": 0.7,
+            },
             "distill": {"steps": 1, "prompts_per_step": 2, "group_size": 2, "max_new_tokens": 4},
             "gate": {
                 "ifeval_margin": 1.0,

@@ -33,7 +33,13 @@ from learner.tables import Run
 
 TINY = {
     "sources": {"documents": True, "conversations": True, "prompt_files": True},
-    "midtrain": {"epochs": 1, "batch_size": 8, "seq_len": 64, "warmup_steps": 1},
+    "midtrain": {
+        "epochs": 1,
+        "batch_size": 8,
+        "seq_len": 64,
+        "warmup_steps": 1,
+        "doc_fraction": 0.7,
+    },
     "distill": {"steps": 1, "prompts_per_step": 2, "group_size": 2, "max_new_tokens": 4},
     "gate": {
         "ifeval_margin": 1.0,

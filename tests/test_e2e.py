@@ -37,7 +37,10 @@ def tiny_settings(home, manifest) -> Settings:
         sandbox=SandboxConfig(size=manifest.size, seed=manifest.seed, dir=manifest.root.parent),
         knowledge=KnowledgeConfig(chunk_tokens=64, chunk_overlap=8, top_k=2),
         learner=LearnerConfig(
-            midtrain=MidtrainConfig(epochs=2, batch_size=8, seq_len=64, warmup_steps=1),
+            # 0.7: less background chat to sample than the default, the slow part here
+            midtrain=MidtrainConfig(
+                epochs=2, batch_size=8, seq_len=64, warmup_steps=1, doc_fraction=0.7
+            ),
             distill=DistillConfig(steps=2, prompts_per_step=4, group_size=2, max_new_tokens=8),
             # the test sandbox only shows mechanics: a permissive gate so the candidate promotes
             gate=GateConfig(

@@ -9,7 +9,7 @@ from learner.gate import passes_gate
 
 BASE = {"qa_closed_book": 0.1, "ifeval_strict": 0.70, "known_qa": 0.95}
 SERVED = {
-    "qa_closed_book": 0.2, "ifeval_strict": 0.68, "known_qa": 0.90,
+    "qa_closed_book": 0.2, "ifeval_strict": 0.68, "known_qa": 0.93,
     "n_qa_new": 10.0, "qa_new_nonmajority": 0.05,
     "n_qa_day1": 10.0, "qa_day1": 0.80, "n_qa_day2": 10.0, "qa_day2": 0.10,
 }  # fmt: skip
@@ -23,7 +23,7 @@ def _gate(**after: float) -> tuple[bool, str]:
 
 
 def test_a_better_candidate_passes():
-    assert _gate(qa_new_nonmajority=0.6, qa_day2=0.6, ifeval_strict=0.69, known_qa=0.86) == (
+    assert _gate(qa_new_nonmajority=0.6, qa_day2=0.6, ifeval_strict=0.69, known_qa=0.91) == (
         True,
         "passed",
     )
@@ -36,8 +36,14 @@ def test_each_rule_refuses_on_its_own():
     assert not ok and why.startswith("earlier QA day1 0.740 < served 0.800")
     ok, why = _gate(qa_new_nonmajority=0.6, ifeval_strict=0.64)
     assert not ok and why.startswith("IFEval 0.640 < base 0.700")
-    ok, why = _gate(qa_new_nonmajority=0.6, known_qa=0.84)  # fell 6 points: more than 5
-    assert not ok and why.startswith("known QA 0.840 < served 0.900")
+    ok, why = _gate(qa_new_nonmajority=0.6, known_qa=0.89)  # 6 points under the base: more than 5
+    assert not ok and why.startswith("known QA 0.890 < base 0.950")
+
+
+def test_known_qa_drops_do_not_add_up_over_nights():
+    # Served already 2 points under the base: a further 4-point drop is 6 under the base.
+    ok, why = _gate(qa_new_nonmajority=0.6, known_qa=0.89)
+    assert not ok and "< base 0.950 - 0.05" in why
 
 
 def test_the_new_set_is_not_held_to_the_earlier_rule():

@@ -97,3 +97,20 @@ def test_documents_off_skips_the_cycle(tmp_path: Path) -> None:
     settings = _settings(tmp_path, f"sqlite:///{tmp_path / 'p.db'}", documents=False)
     with pytest.raises(NothingToTrainError, match="learner.sources.documents is off"):
         eligible_documents(settings, store=None, exclude_ids=[])  # the store is never asked
+
+
+def test_background_documents_are_replayed_from_their_folder(tmp_path: Path, db_url: str) -> None:
+    settings = _settings(tmp_path, db_url)
+    assert training_prompts(settings).documents == []  # not the sandbox, none configured
+    folder = tmp_path / "background"
+    folder.mkdir()
+    (folder / "a.md").write_text("# Canteen\nThe canteen opens at 8.")
+    (folder / "b.txt").write_text("Parking is free.")
+    (folder / "c.json").write_text("{}")  # not a text document: left out
+    settings.learner.midtrain.background_documents_dir = str(folder)
+    prompts = training_prompts(settings)
+    assert prompts.documents == ["# Canteen\nThe canteen opens at 8.", "Parking is free."]
+    assert prompts.sources == {"prompt_files": 5}
+    settings.learner.midtrain.background_documents_dir = str(tmp_path / "missing")
+    with pytest.raises(ConfigError, match="background documents folder"):
+        training_prompts(settings)
