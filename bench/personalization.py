@@ -41,7 +41,13 @@ from bench_common import StagePeaks, Timer, mean_spread, settings_from_args, stu
 from knowledge.settings import Settings
 from knowledge.store import KnowledgeStore
 from learner import distill, midtrain
-from learner.datasets import chat_prompts, opd_prompts, read_jsonl, sandbox_manifest
+from learner.datasets import (
+    background_documents,
+    chat_prompts,
+    opd_prompts,
+    read_jsonl,
+    sandbox_manifest,
+)
 from learner.doc_questions import with_passages
 from learner.evals.evaluate import evaluate_model
 from learner.modeling import load_tokenizer
@@ -79,7 +85,7 @@ def run_row(recipe: str, settings: Settings, manifest: SandboxManifest, seed: in
         with peaks.stage("midtrain"):
             stats |= midtrain.main(
                 model, tokenizer, ctx["documents"], ctx["chat"], cfg, seed, progress=False,
-                qa_pairs=pairs,
+                qa_pairs=pairs, replay_documents=ctx["background"],
             )  # fmt: skip
     if name.endswith("+opd"):
         cfg = settings.learner.distill.model_copy()
@@ -182,6 +188,7 @@ def main() -> None:
         ctx = {
             "documents": [p.read_text() for p in sorted(Path(day.documents_dir).glob("*.md"))],
             "chat": chat_prompts(settings),
+            "background": background_documents(settings),  # replayed, as the nightly cycle does
             "opd": opd_prompts(settings),
             "pairs": [QAPair(r["question"], r["response"], r["answer"]) for r in train],
             "limit": args.limit,

@@ -21,6 +21,27 @@ from knowledge.faults import MARKER_ENV, PAUSE_ENV, RESUME_ENV
 REPO = Path(__file__).resolve().parent.parent
 
 
+# Tiny training settings on the test sandbox: mechanics only, so the gate lets everything through.
+TINY_LEARNER = {
+    "midtrain": {
+        "epochs": 1,
+        "batch_size": 8,
+        "seq_len": 64,
+        "warmup_steps": 1,
+        "doc_fraction": 0.7,
+    },
+    "distill": {"steps": 1, "prompts_per_step": 2, "group_size": 2, "max_new_tokens": 4},
+    "gate": {
+        "ifeval_margin": 1.0,
+        "qa_tolerance": 1.0,
+        "known_qa_drop": 1.0,
+        "earlier_qa_drop": 1.0,
+        "min_new_qa_gain": -1.0,
+    },
+    "eval": {"max_new_tokens": 4, "batch_size": 64},
+}
+
+
 def write_profile(
     path: Path, home: Path, db_url: str, manifest, learner: dict | None = None
 ) -> Path:  # noqa: ANN001
@@ -30,25 +51,7 @@ def write_profile(
         "database_url": db_url,
         "sandbox": {"size": manifest.size, "seed": manifest.seed, "dir": str(manifest.root.parent)},
         "knowledge": {"chunk_tokens": 64, "chunk_overlap": 8, "top_k": 2},
-        "learner": learner
-        or {
-            "midtrain": {
-                "epochs": 1,
-                "batch_size": 8,
-                "seq_len": 64,
-                "warmup_steps": 1,
-                "doc_fraction": 0.7,
-            },
-            "distill": {"steps": 1, "prompts_per_step": 2, "group_size": 2, "max_new_tokens": 4},
-            "gate": {
-                "ifeval_margin": 1.0,
-                "qa_tolerance": 1.0,
-                "known_qa_drop": 1.0,
-                "earlier_qa_drop": 1.0,
-                "min_new_qa_gain": -1.0,
-            },  # mechanics only: promote
-            "eval": {"max_new_tokens": 4, "batch_size": 64},
-        },
+        "learner": learner or TINY_LEARNER,
     }
     path.write_text(yaml.safe_dump(profile))
     return path

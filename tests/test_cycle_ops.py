@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from cycle_children import write_profile
+from cycle_children import TINY_LEARNER, write_profile
 from peft import PeftModel
 from sqlmodel import Session, col, select
 from webhook_receiver import receiver
@@ -31,25 +31,7 @@ from learner.pipeline import run_cycle
 from learner.registry import Registry
 from learner.tables import Run
 
-TINY = {
-    "sources": {"documents": True, "conversations": True, "prompt_files": True},
-    "midtrain": {
-        "epochs": 1,
-        "batch_size": 8,
-        "seq_len": 64,
-        "warmup_steps": 1,
-        "doc_fraction": 0.7,
-    },
-    "distill": {"steps": 1, "prompts_per_step": 2, "group_size": 2, "max_new_tokens": 4},
-    "gate": {
-        "ifeval_margin": 1.0,
-        "qa_tolerance": 1.0,
-        "known_qa_drop": 1.0,
-        "earlier_qa_drop": 1.0,
-        "min_new_qa_gain": -1.0,
-    },  # mechanics only: promote
-    "eval": {"max_new_tokens": 4, "batch_size": 64},
-}
+TINY = {"sources": {"documents": True, "conversations": True, "prompt_files": True}, **TINY_LEARNER}
 
 
 def _profile(tmp_path: Path, db_url: str, manifest, webhook_url: str) -> Path:  # noqa: ANN001
@@ -92,7 +74,7 @@ def test_sources_webhook_and_disk_full(
         files = sum(
             len(load_prompts(p))
             for p in (sandbox_test.chat_prompts_file, sandbox_test.opd_prompts_file)
-        )
+        ) + len(list(sandbox_test.background_documents_dir.glob("*.md")))  # replayed documents
         sources = {"documents": len(day1), "prompt_files": files, "conversations": 1}
 
         first = run_cycle(settings, progress=False, notify=False)

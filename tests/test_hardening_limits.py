@@ -145,7 +145,7 @@ def test_oversized_prompts_are_refused_before_tokenizing(server) -> None:
 
 
 def test_a_long_tokenization_does_not_stall_healthz(server) -> None:
-    prompt = "The quick brown fox jumps over the lazy dog. " * 14_000  # 630 k characters
+    prompt = "The quick brown fox jumps over the lazy dog. " * 20_000  # 900 k characters
     took: list[float] = []
 
     def tokenize() -> None:
@@ -163,8 +163,8 @@ def test_a_long_tokenization_does_not_stall_healthz(server) -> None:
         time.sleep(0.05)
     worker.join()
     assert took and len(latencies) >= 5, (took, latencies)
-    # tokenizing took seconds; /healthz kept answering in well under one of them
-    assert max(latencies) < 1000 < took[0] * 1000, (max(latencies), took)
+    # tokenizing took about a second or more; /healthz kept answering in a fraction of it
+    assert took[0] > 0.5 and max(latencies) < 1000 * took[0] / 3, (max(latencies), took)
 
 
 def test_a_key_has_at_most_n_requests_in_flight_others_go_on(server) -> None:

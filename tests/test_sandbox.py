@@ -64,9 +64,10 @@ def test_world_is_valid(seed: int, size: str) -> None:
             assert text.startswith("# ")
             for fact in entity.facts():  # every fact stated, in several phrasings
                 assert sum(fact.statement(i) in text for i in range(fact.n_statements)) >= 2
-        # Known names appear only modestly as managers / leads of new entities.
+        # Known names appear only modestly (by design: a few earlier managers among the day's
+        # own) as managers / leads of new entities.
         links = [v for e in new for k, v in e.attrs.items() if k in ("manager", "lead", "head")]
-        assert sum(v in known for v in links) <= max(2, len(links) // 4)
+        assert sum(v in known for v in links) <= max(2, len(links) // 3)
 
 
 def test_eval_questions_never_used_for_training(tmp_path: Path) -> None:
