@@ -35,6 +35,8 @@ def settings_from_args(config: str, size: str | None, overrides: list[str]) -> S
             parsed: object = value.lower() in ("1", "true", "yes", "on")
         elif current is None:
             parsed = value
+        elif isinstance(current, list):  # lora.target_modules=gate_proj,up_proj
+            parsed = value.split(",")
         else:
             parsed = type(current)(value)
         setattr(target, key, parsed)

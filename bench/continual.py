@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import tempfile
 import time
@@ -168,6 +169,9 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None, help="also write every row here")
     parser.add_argument("--png", type=Path, default=Path("bench/results/continual.png"))
     parser.add_argument("--set", action="append", default=[], help="e.g. distill.steps=60")
+    parser.add_argument(
+        "--keep", type=Path, default=None, help="keep each seed's workspace (adapters, runs) here"
+    )
     args = parser.parse_args()
     settings = settings_from_args(args.config, args.size, args.set)
     settings.models.torch_threads = args.threads
@@ -178,6 +182,11 @@ def main() -> None:
     build_sandbox(settings.sandbox_dir, settings.sandbox.size, settings.sandbox.seed)
     rows = []
     for seed in (int(s) for s in args.seeds.split(",")):
+        if args.keep:
+            workdir = args.keep / f"seed{seed}"
+            shutil.rmtree(workdir, ignore_errors=True)
+            rows += night_rows(settings, seed, args.nights, workdir)
+            continue
         with tempfile.TemporaryDirectory() as workdir:
             rows += night_rows(settings, seed, args.nights, Path(workdir))
     if args.json:
