@@ -129,6 +129,9 @@ class MidtrainConfig(_Section):
     # 0 = greedy: the background replays what the model answers now (its knowledge), not
     # samples that are wrong more often than it is.
     background_temperature: float = Field(0.0, ge=0)
+    # Background chat is trained toward the pre-cycle model's top-K next-token distribution
+    # instead of its one sampled answer (learner/anchor.py, Learning without Forgetting); 0: off.
+    anchor_top_k: int = Field(0, ge=0)
     max_grad_norm: float = 1.0
     # JSONL {"messages": [...]} for background replay; sandbox: its own
     chat_prompts_file: str | None = None

@@ -27,6 +27,32 @@ def causal_lm_loss(logits_B_T_V: torch.Tensor, labels_B_T: torch.Tensor) -> torc
     return F.cross_entropy(shifted_logits, shifted_labels, ignore_index=IGNORE)
 
 
+def anchored_lm_loss(
+    logits_B_T_V: torch.Tensor,
+    labels_B_T: torch.Tensor,
+    anchor_ids_B_T_K: torch.Tensor,
+    anchor_logprobs_B_T_K: torch.Tensor,
+    anchor_mask_B_T: torch.Tensor,
+) -> torch.Tensor:
+    """Token-mean of two terms: cross-entropy on the labels of positions the anchor does not
+    cover, and on anchored positions the cross-entropy against a reference model's top-K
+    next-token distribution (renormalised over its K tokens): Learning without Forgetting.
+
+    Row t of the anchor is the reference's distribution of the token after position t (aligned
+    with the logits, not the labels); labels are aligned with inputs, as in `causal_lm_loss`.
+    """
+    logprobs_B_T_V = torch.log_softmax(logits_B_T_V[:, :-1].float(), dim=-1)
+    labels = labels_B_T[:, 1:]
+    anchored = anchor_mask_B_T[:, :-1]
+    hard = (labels != IGNORE) & ~anchored
+    hard_nll_B_T = -logprobs_B_T_V.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    ref_probs_B_T_K = torch.softmax(anchor_logprobs_B_T_K[:, :-1].float(), dim=-1)
+    student_B_T_K = logprobs_B_T_V.gather(-1, anchor_ids_B_T_K[:, :-1].long())
+    soft_ce_B_T = -(ref_probs_B_T_K * student_B_T_K).sum(-1)
+    total = hard_nll_B_T.masked_fill(~hard, 0.0).sum() + soft_ce_B_T.masked_fill(~anchored, 0.0).sum()
+    return total / (hard.sum() + anchored.sum()).clamp(min=1)
+
+
 def reverse_kl_advantages(
     student_logprobs_B_T: torch.Tensor,
     teacher_logprobs_B_T: torch.Tensor,

@@ -30,15 +30,16 @@ from transformers import PreTrainedTokenizerBase
 
 from knowledge.errors import BadInputError
 from knowledge.settings import MidtrainConfig
+from learner.anchor import anchor_examples
 from learner.generation import Message, generate_texts
-from learner.losses import causal_lm_loss
+from learner.losses import anchored_lm_loss
 from learner.packing import (
     Example,
     chat_example,
     document_example,
     n_label_tokens,
     n_tokens,
-    pack,
+    pack_anchored,
 )
 from learner.qa_pairs import QAPair
 from learner.sampling import position_ids_for
@@ -142,6 +143,10 @@ def main(
     chat_examples = sample_background(
         model, tokenizer, chat_prompts, chat_target, cfg, seed, progress
     )
+    if cfg.anchor_top_k:
+        chat_examples = anchor_examples(
+            model, chat_examples, cfg.anchor_top_k, tokenizer.pad_token_id, progress=progress
+        )
     sample_seconds = time.perf_counter() - t0
     fixed = doc_examples + qa_examples + chat_examples
 
@@ -162,14 +167,22 @@ def main(
     t_train = time.perf_counter()
     bar = tqdm(total=total_steps, desc="mid-train", unit="step", disable=not progress)
     for epoch, examples in enumerate(epochs):
-        rows = pack(examples, cfg.seq_len, tokenizer.pad_token_id, seed + epoch).to(device)
-        for start in range(0, rows.shape[0], cfg.batch_size):
-            ids_B_T, labels_B_T = rows[start : start + cfg.batch_size].unbind(1)
+        k = max(1, cfg.anchor_top_k)
+        packed = pack_anchored(examples, cfg.seq_len, tokenizer.pad_token_id, k, seed + epoch)
+        for start in range(0, packed.rows_N_2_T.shape[0], cfg.batch_size):
+            batch = slice(start, start + cfg.batch_size)
+            ids_B_T, labels_B_T = packed.rows_N_2_T[batch].to(device).unbind(1)
             for group in optimizer.param_groups:
                 group["lr"] = _lr_at(step, total_steps, cfg)
             attention = torch.ones_like(ids_B_T, dtype=torch.bool)
             logits = model(input_ids=ids_B_T, position_ids=position_ids_for(attention)).logits
-            loss = causal_lm_loss(logits, labels_B_T)
+            loss = anchored_lm_loss(
+                logits,
+                labels_B_T,
+                packed.anchor_ids_N_T_K[batch].to(device),
+                packed.anchor_logprobs_N_T_K[batch].to(device),
+                packed.anchor_mask_N_T[batch].to(device),
+            )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)

@@ -18,9 +18,30 @@ from learner.losses import IGNORE
 
 
 @dataclass
+class Anchor:
+    """A reference model's top-K next-token distribution at each position of an example (row t:
+    the token after position t), used where `mask_L` is set (learner/anchor.py)."""
+
+    ids_L_K: torch.Tensor
+    logprobs_L_K: torch.Tensor
+    mask_L: torch.Tensor
+
+
+@dataclass
 class Example:
     input_ids: list[int]
     labels: list[int]
+    anchor: Anchor | None = None
+
+
+@dataclass
+class AnchoredRows:
+    """Packed rows with the anchors laid out alongside (zeros and mask off where none)."""
+
+    rows_N_2_T: torch.Tensor
+    anchor_ids_N_T_K: torch.Tensor
+    anchor_logprobs_N_T_K: torch.Tensor
+    anchor_mask_N_T: torch.Tensor
 
 
 def document_example(tokenizer: PreTrainedTokenizerBase, text: str) -> Example:
@@ -37,10 +58,48 @@ def chat_example(
     return Example(prompt_ids + answer_ids, [IGNORE] * len(prompt_ids) + answer_ids)
 
 
-def pack(examples: list[Example], seq_len: int, pad_id: int, seed: int = 0) -> torch.Tensor:
-    """Shuffle and pack into [N, 2, seq_len] (input ids, labels); long examples are split."""
+def _shuffled(examples: list[Example], seed: int) -> list[Example]:
     order = list(examples)
     random.Random(seed).shuffle(order)
+    return order
+
+
+def pack(examples: list[Example], seq_len: int, pad_id: int, seed: int = 0) -> torch.Tensor:
+    """Shuffle and pack into [N, 2, seq_len] (input ids, labels); long examples are split."""
+    return _pack_ordered(_shuffled(examples, seed), seq_len, pad_id)
+
+
+def pack_anchored(
+    examples: list[Example], seq_len: int, pad_id: int, k: int, seed: int = 0
+) -> AnchoredRows:
+    """`pack` (same order for the same seed), with each example's anchor at its tokens."""
+    order = _shuffled(examples, seed)
+    rows = _pack_ordered(order, seq_len, pad_id)
+    n_rows = rows.shape[0]
+    ids, logprobs, masks = [], [], []
+    for ex in order:
+        length = len(ex.input_ids)
+        if ex.anchor is None:
+            ids.append(torch.zeros(length, k, dtype=torch.int32))
+            logprobs.append(torch.zeros(length, k))
+            masks.append(torch.zeros(length, dtype=torch.bool))
+        else:
+            ids.append(ex.anchor.ids_L_K.to(torch.int32))
+            logprobs.append(ex.anchor.logprobs_L_K.float())
+            masks.append(ex.anchor.mask_L.bool())
+    pad = n_rows * seq_len - sum(len(m) for m in masks)
+    ids.append(torch.zeros(pad, k, dtype=torch.int32))
+    logprobs.append(torch.zeros(pad, k))
+    masks.append(torch.zeros(pad, dtype=torch.bool))
+    return AnchoredRows(
+        rows,
+        torch.cat(ids).view(n_rows, seq_len, k),
+        torch.cat(logprobs).view(n_rows, seq_len, k),
+        torch.cat(masks).view(n_rows, seq_len),
+    )
+
+
+def _pack_ordered(order: list[Example], seq_len: int, pad_id: int) -> torch.Tensor:
     ids: list[int] = []
     labels: list[int] = []
     for ex in order:

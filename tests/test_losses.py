@@ -6,6 +6,7 @@ import torch
 
 from learner.losses import (
     IGNORE,
+    anchored_lm_loss,
     causal_lm_loss,
     group_relative_advantages,
     importance_sampling_loss,
@@ -127,3 +128,29 @@ def test_group_relative_advantages_match_naive():
         group_relative_advantages(torch.ones(4), 4, torch.ones(4, 3, dtype=torch.bool)).abs().sum()
         == 0
     )
+
+
+def test_anchored_lm_loss_matches_naive_reference():
+    torch.manual_seed(3)
+    B, T, V, K = 2, 5, 7, 3
+    logits = torch.randn(B, T, V)
+    labels = torch.tensor([[IGNORE, 1, 2, 3, 4], [IGNORE, IGNORE, 0, 1, 6]])
+    ref = torch.randn(B, T, V)
+    top = torch.log_softmax(ref, -1).topk(K, -1)
+    mask = torch.tensor([[0, 0, 1, 1, 0], [0, 1, 1, 0, 0]]).bool()  # row t: the token after t
+    terms = []
+    for b in range(B):
+        for t in range(T - 1):
+            logp = torch.log_softmax(logits[b, t], -1)
+            if mask[b, t]:
+                p_ref = torch.softmax(top.values[b, t], -1)
+                terms.append(-sum(p_ref[j] * logp[top.indices[b, t, j]] for j in range(K)))
+            elif labels[b, t + 1] != IGNORE:
+                terms.append(-logp[labels[b, t + 1]])
+    want = float(sum(terms) / len(terms))
+    got = anchored_lm_loss(logits, labels, top.indices.int(), top.values, mask)
+    assert abs(got.item() - want) < 1e-5
+    # No anchored position: exactly the causal LM loss.
+    none = torch.zeros(B, T, dtype=torch.bool)
+    plain = anchored_lm_loss(logits, labels, top.indices, top.values, none)
+    assert abs(plain.item() - causal_lm_loss(logits, labels).item()) < 1e-6

@@ -146,6 +146,76 @@ def test_midtrain_lowers_document_loss(tiny):
     assert stats["midtrain_chat_tokens"] > 0  # background replay was mixed in
 
 
+def test_anchor_targets_are_the_start_models_next_token_distribution(tiny):
+    from learner.anchor import anchor_examples
+    from learner.packing import chat_example, document_example, pack, pack_anchored
+
+    out, tok = tiny
+    model = _student(out)
+    chats = [chat_example(tok, p, "hello there") for p in PROMPTS]
+    anchored = anchor_examples(model, chats, k=4, pad_id=tok.pad_token_id, progress=False)
+    for ex in anchored:
+        ids = torch.tensor([ex.input_ids])
+        with torch.no_grad():
+            full = torch.log_softmax(model(input_ids=ids).logits[0], -1)
+        top = full.topk(4, -1)
+        torch.testing.assert_close(ex.anchor.logprobs_L_K, top.values, rtol=1e-4, atol=1e-4)
+        labels = torch.tensor(ex.labels)
+        # row t anchors the token after t: exactly the positions before an answer token
+        assert ex.anchor.mask_L[:-1].tolist() == (labels[1:] != -100).tolist()
+        assert not ex.anchor.mask_L[-1]
+    docs = [document_example(tok, TEXTS[0]) for _ in range(3)]
+    packed = pack_anchored(docs + anchored, 16, tok.pad_token_id, k=4, seed=5)
+    assert torch.equal(packed.rows_N_2_T, pack(docs + anchored, 16, tok.pad_token_id, seed=5))
+    assert packed.anchor_mask_N_T.sum() == sum(int(ex.anchor.mask_L.sum()) for ex in anchored)
+    flat_ids = packed.rows_N_2_T[:, 0].reshape(-1)
+    flat_top1 = packed.anchor_ids_N_T_K[..., 0].reshape(-1)
+    flat_mask = packed.anchor_mask_N_T.reshape(-1)
+    ex = anchored[0]  # find it in the packed stream and check its anchor moved with it
+    n = len(ex.input_ids)
+    starts = [i for i in range(len(flat_ids) - n + 1) if flat_ids[i : i + n].tolist() == ex.input_ids]
+    assert starts
+    i = starts[0]
+    assert torch.equal(flat_mask[i : i + n], ex.anchor.mask_L)
+    assert torch.equal(flat_top1[i : i + n], ex.anchor.ids_L_K[:, 0])
+
+
+def test_midtrain_with_anchor_keeps_the_background_closer_to_the_start_model(tiny):
+    from learner.anchor import anchor_examples
+    from learner.packing import chat_example
+
+    out, tok = tiny
+    probe = anchor_examples(
+        _student(out), [chat_example(tok, p, "hello there") for p in PROMPTS], 8,
+        tok.pad_token_id, progress=False,
+    )  # fmt: skip
+
+    def drift(model) -> float:  # noqa: ANN001  the start model's top-8 mass the model lost
+        total = 0.0
+        for ex in probe:
+            with torch.no_grad():
+                logp = torch.log_softmax(model(input_ids=torch.tensor([ex.input_ids])).logits[0], -1)
+            ref = torch.softmax(ex.anchor.logprobs_L_K, -1)
+            kl = (ref * (torch.log(ref) - logp.gather(-1, ex.anchor.ids_L_K.long()))).sum(-1)
+            total += float(kl[ex.anchor.mask_L].mean())
+        return total / len(probe)
+
+    cfg = MidtrainConfig(
+        epochs=20, batch_size=4, seq_len=32, lr=3e-2, warmup_steps=2, doc_fraction=0.5,
+        background_temperature=1.0,
+    )  # fmt: skip
+    doc = "Ada Park works in the Berlin office and leads Project Falcon."
+    drifts = {}
+    for k in (0, 8):
+        model = _student(out)
+        midtrain.main(
+            model, tok, [doc] * 4, PROMPTS * 4, cfg.model_copy(update={"anchor_top_k": k}),
+            progress=False,
+        )  # fmt: skip
+        drifts[k] = drift(model)
+    assert drifts[8] < drifts[0]
+
+
 def _answer_loss(model, tok, pair) -> float:  # noqa: ANN001
     from learner.losses import causal_lm_loss
     from learner.packing import chat_example
