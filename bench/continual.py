@@ -22,6 +22,7 @@ import shutil
 import statistics
 import tempfile
 import time
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 
 from bench_common import mean_spread, settings_from_args
@@ -157,6 +158,15 @@ def plot(rows: list[dict], nights: int, path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
+def _workspace(keep: Path | None, seed: int) -> AbstractContextManager[str | Path]:
+    """A throw-away workspace, or `keep/seed<N>` (emptied first) to inspect afterwards."""
+    if keep is None:
+        return tempfile.TemporaryDirectory()
+    workdir = keep / f"seed{seed}"
+    shutil.rmtree(workdir, ignore_errors=True)
+    return nullcontext(workdir)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="sandbox")
@@ -182,12 +192,7 @@ def main() -> None:
     build_sandbox(settings.sandbox_dir, settings.sandbox.size, settings.sandbox.seed)
     rows = []
     for seed in (int(s) for s in args.seeds.split(",")):
-        if args.keep:
-            workdir = args.keep / f"seed{seed}"
-            shutil.rmtree(workdir, ignore_errors=True)
-            rows += night_rows(settings, seed, args.nights, workdir)
-            continue
-        with tempfile.TemporaryDirectory() as workdir:
+        with _workspace(args.keep, seed) as workdir:
             rows += night_rows(settings, seed, args.nights, Path(workdir))
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))

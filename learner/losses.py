@@ -49,7 +49,9 @@ def anchored_lm_loss(
     ref_probs_B_T_K = torch.softmax(anchor_logprobs_B_T_K[:, :-1].float(), dim=-1)
     student_B_T_K = logprobs_B_T_V.gather(-1, anchor_ids_B_T_K[:, :-1].long())
     soft_ce_B_T = -(ref_probs_B_T_K * student_B_T_K).sum(-1)
-    total = hard_nll_B_T.masked_fill(~hard, 0.0).sum() + soft_ce_B_T.masked_fill(~anchored, 0.0).sum()
+    total = (
+        hard_nll_B_T.masked_fill(~hard, 0.0).sum() + soft_ce_B_T.masked_fill(~anchored, 0.0).sum()
+    )
     return total / (hard.sum() + anchored.sum()).clamp(min=1)
 
 

@@ -173,7 +173,9 @@ def test_anchor_targets_are_the_start_models_next_token_distribution(tiny):
     flat_mask = packed.anchor_mask_N_T.reshape(-1)
     ex = anchored[0]  # find it in the packed stream and check its anchor moved with it
     n = len(ex.input_ids)
-    starts = [i for i in range(len(flat_ids) - n + 1) if flat_ids[i : i + n].tolist() == ex.input_ids]
+    starts = [
+        i for i in range(len(flat_ids) - n + 1) if flat_ids[i : i + n].tolist() == ex.input_ids
+    ]
     assert starts
     i = starts[0]
     assert torch.equal(flat_mask[i : i + n], ex.anchor.mask_L)
@@ -194,7 +196,9 @@ def test_midtrain_with_anchor_keeps_the_background_closer_to_the_start_model(tin
         total = 0.0
         for ex in probe:
             with torch.no_grad():
-                logp = torch.log_softmax(model(input_ids=torch.tensor([ex.input_ids])).logits[0], -1)
+                logp = torch.log_softmax(
+                    model(input_ids=torch.tensor([ex.input_ids])).logits[0], -1
+                )
             ref = torch.softmax(ex.anchor.logprobs_L_K, -1)
             kl = (ref * (torch.log(ref) - logp.gather(-1, ex.anchor.ids_L_K.long()))).sum(-1)
             total += float(kl[ex.anchor.mask_L].mean())
