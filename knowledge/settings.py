@@ -130,7 +130,8 @@ class MidtrainConfig(_Section):
     # samples that are wrong more often than it is.
     background_temperature: float = Field(0.0, ge=0)
     # Background chat is trained toward the pre-cycle model's top-K next-token distribution
-    # instead of its one sampled answer (learner/anchor.py, Learning without Forgetting); 0: off.
+    # instead of its one sampled answer (learner/anchor.py, Learning without Forgetting); 0: off
+    # (4 night-1 runs showed no gain over the spread of repeated runs: README "Third search").
     anchor_top_k: int = Field(0, ge=0)
     max_grad_norm: float = 1.0
     # JSONL {"messages": [...]} for background replay; sandbox: its own
