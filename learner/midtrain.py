@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 from peft import PeftModel
@@ -32,13 +32,14 @@ from knowledge.errors import BadInputError
 from knowledge.settings import MidtrainConfig
 from learner.anchor import anchor_examples
 from learner.generation import Message, generate_texts
-from learner.losses import anchored_lm_loss
+from learner.losses import anchored_lm_loss, causal_lm_loss
 from learner.packing import (
     Example,
     chat_example,
     document_example,
     n_label_tokens,
     n_tokens,
+    pack,
     pack_anchored,
 )
 from learner.qa_pairs import QAPair
@@ -101,6 +102,29 @@ def replay_sample(examples: list[Example], budget: int, rng: random.Random) -> l
         out.append(example)
         tokens += n_label_tokens([example])
     return out
+
+
+def _batches(
+    examples: list[Example], cfg: MidtrainConfig, pad_id: int, seed: int, device: torch.device
+) -> Iterator[tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, ...] | None]]:
+    """(ids_B_T, labels_B_T, anchor tensors or None) per batch of the packed epoch; the anchors
+    are only laid out when `cfg.anchor_top_k` is on."""
+    if not cfg.anchor_top_k:
+        rows = pack(examples, cfg.seq_len, pad_id, seed)
+        for start in range(0, rows.shape[0], cfg.batch_size):
+            ids_B_T, labels_B_T = rows[start : start + cfg.batch_size].to(device).unbind(1)
+            yield ids_B_T, labels_B_T, None
+        return
+    packed = pack_anchored(examples, cfg.seq_len, pad_id, cfg.anchor_top_k, seed)
+    for start in range(0, packed.rows_N_2_T.shape[0], cfg.batch_size):
+        batch = slice(start, start + cfg.batch_size)
+        ids_B_T, labels_B_T = packed.rows_N_2_T[batch].to(device).unbind(1)
+        anchor = (
+            packed.anchor_ids_N_T_K[batch].to(device),
+            packed.anchor_logprobs_N_T_K[batch].to(device),
+            packed.anchor_mask_N_T[batch].to(device),
+        )
+        yield ids_B_T, labels_B_T, anchor
 
 
 def main(
@@ -167,22 +191,16 @@ def main(
     t_train = time.perf_counter()
     bar = tqdm(total=total_steps, desc="mid-train", unit="step", disable=not progress)
     for epoch, examples in enumerate(epochs):
-        k = max(1, cfg.anchor_top_k)
-        packed = pack_anchored(examples, cfg.seq_len, tokenizer.pad_token_id, k, seed + epoch)
-        for start in range(0, packed.rows_N_2_T.shape[0], cfg.batch_size):
-            batch = slice(start, start + cfg.batch_size)
-            ids_B_T, labels_B_T = packed.rows_N_2_T[batch].to(device).unbind(1)
+        batches = _batches(examples, cfg, tokenizer.pad_token_id, seed + epoch, device)
+        for ids_B_T, labels_B_T, anchor in batches:
             for group in optimizer.param_groups:
                 group["lr"] = _lr_at(step, total_steps, cfg)
             attention = torch.ones_like(ids_B_T, dtype=torch.bool)
             logits = model(input_ids=ids_B_T, position_ids=position_ids_for(attention)).logits
-            loss = anchored_lm_loss(
-                logits,
-                labels_B_T,
-                packed.anchor_ids_N_T_K[batch].to(device),
-                packed.anchor_logprobs_N_T_K[batch].to(device),
-                packed.anchor_mask_N_T[batch].to(device),
-            )
+            if anchor is None:
+                loss = causal_lm_loss(logits, labels_B_T)
+            else:
+                loss = anchored_lm_loss(logits, labels_B_T, *anchor)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
