@@ -1,7 +1,7 @@
 """The `protege` command line.
 
     protege sandbox build --size demo        # build (or reuse) the offline sandbox
-    protege serve                            # API + engine on serving.host:port
+    protege serve [--host H] [--port P]      # API + engine (default: serving.host:port)
     protege ingest docs/                     # add documents (folders recurse)
     protege upload big.md                    # through the server; large files: a job, a bar
     protege documents list|show ID|delete ID --yes
@@ -16,7 +16,8 @@
     protege schedule                         # run cycles on the configured cron
     protege demo                             # the whole loop on the sandbox
 
-Global: `--config PROFILE` (a name in configs/ or a YAML path; default $PROTEGE_CONFIG or sandbox).
+Global: `--config PROFILE` (a name in configs/ or a YAML path; default $PROTEGE_CONFIG or sandbox)
+and `-v`, before or after the verb. `protege serve --host H --port P` overrides the profile's.
 """
 
 from __future__ import annotations
@@ -61,6 +62,11 @@ def _sandbox_build(settings: Settings, args: argparse.Namespace) -> int:
 def _serve(settings: Settings, args: argparse.Namespace) -> int:
     from assistant.server import serve
 
+    overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
+    if overrides:
+        settings = settings.model_copy(
+            update={"serving": settings.serving.model_copy(update=overrides)}
+        )
     serve(settings)
     return 0
 
@@ -229,7 +235,12 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--json", action="store_true", help="print the manifest as JSON")
     build.set_defaults(func=_sandbox_build)
 
-    sub.add_parser("serve", help="start the API server").set_defaults(func=_serve)
+    serve = sub.add_parser("serve", help="start the API server")
+    serve.add_argument("--host", help="address to bind (default: the profile's serving.host)")
+    serve.add_argument(
+        "--port", type=_port, help="port to listen on (default: the profile's serving.port)"
+    )
+    serve.set_defaults(func=_serve)
 
     from assistant.cli_documents import add_commands
 
@@ -281,7 +292,29 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="the whole loop on the sandbox")
     demo.add_argument("--no-wait", action="store_true", help="stop the server when done")
     demo.set_defaults(func=_demo)
+    _accept_global_options(parser)
     return parser
+
+
+def _port(text: str) -> int:
+    port = int(text)
+    if not 0 < port < 65536:
+        raise argparse.ArgumentTypeError(f"port must be 1-65535, got {port}")
+    return port
+
+
+def _accept_global_options(parser: argparse.ArgumentParser) -> None:
+    """Let `--config` and `-v` follow any verb too (`protege serve --config qwen3`): every
+    subcommand gets them with a suppressed default, so one given before the verb is kept."""
+    for action in parser._actions:
+        if not isinstance(action, argparse._SubParsersAction):
+            continue
+        for child in action.choices.values():
+            child.add_argument(
+                "--config", default=argparse.SUPPRESS, help="profile name or YAML path"
+            )
+            child.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS)
+            _accept_global_options(child)
 
 
 def main(argv: list[str] | None = None) -> int:

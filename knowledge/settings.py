@@ -21,7 +21,15 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from knowledge.errors import ConfigError
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+def _config_dir() -> Path:
+    """configs/ of a source checkout, else the copy an installed wheel carries as package data
+    (`knowledge/profiles/`, mapped from configs/ in pyproject.toml)."""
+    source = Path(__file__).resolve().parent.parent / "configs"
+    return source if source.is_dir() else Path(__file__).resolve().parent / "profiles"
+
+
+CONFIG_DIR = _config_dir()
 DEFAULT_HOME = Path("~/.local/share/protege")
 
 
@@ -322,14 +330,42 @@ def profile_path(profile: str) -> Path:
     raise ConfigError(f"unknown config profile {profile!r} (known: {known}; or give a .yaml path)")
 
 
-def load_settings(profile: str | None = None, **overrides: object) -> Settings:
-    """Load a profile, apply `PROTEGE_*` environment overrides, validate."""
-    profile = profile or os.environ.get("PROTEGE_CONFIG", "sandbox")
-    path = profile_path(profile)
+def _merge(base: dict, over: dict) -> dict:
+    """`over` on top of `base`, section by section (a mapping merges, anything else replaces)."""
+    out = dict(base)
+    for key, value in over.items():
+        both = isinstance(value, dict) and isinstance(out.get(key), dict)
+        out[key] = _merge(out[key], value) if both else value
+    return out
+
+
+def read_profile(profile: str, _seen: tuple[Path, ...] = ()) -> dict:
+    """A profile's YAML as data, with `extends: <profile>` resolved (the named profile first,
+    this file's sections merged over it): a deployment's file states only what differs."""
+    path = profile_path(profile).resolve()
+    if path in _seen:
+        raise ConfigError(f"{path}: `extends` loops back to itself")
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: a profile is a mapping of sections, got {type(raw).__name__}")
+    parent = raw.pop("extends", None)
+    if parent is None:
+        return raw
+    if not isinstance(parent, str):
+        raise ConfigError(f"{path}: `extends` names one profile, got {parent!r}")
+    if parent.endswith((".yaml", ".yml")) and not Path(parent).is_absolute():
+        parent = str(path.parent / parent)  # a path is relative to the file that names it
+    return _merge(read_profile(parent, (*_seen, path)), raw)
+
+
+def load_settings(profile: str | None = None, **overrides: object) -> Settings:
+    """Load a profile (resolving `extends`), apply `PROTEGE_*` environment overrides, validate."""
+    profile = profile or os.environ.get("PROTEGE_CONFIG", "sandbox")
+    path = profile_path(profile)
+    raw = read_profile(profile)
     raw.setdefault("profile", profile)  # what load_settings() needs to load it again
     if home := os.environ.get("PROTEGE_HOME"):
         raw["home"] = home

@@ -96,13 +96,20 @@ def write_config(home: Path, student_dir: Path, port: int, **sections: dict[str,
     return path
 
 
-def start(home: Path, config: Path, port: int, env: dict[str, str] | None = None) -> ServeProcess:
-    """Start the process and wait for /healthz."""
+def start(
+    home: Path,
+    config: Path,
+    port: int,
+    env: dict[str, str] | None = None,
+    argv: list[str] | None = None,
+) -> ServeProcess:
+    """Start the process (`argv`: the CLI arguments, default `--config <config> serve`) and wait
+    for /healthz on `port`."""
     environment = {k: v for k, v in os.environ.items() if not k.startswith("PROTEGE_")}
     environment.update(env or {})
     log = (home.parent / f"{home.name}-serve.log").open("ab")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "assistant.cli", "--config", str(config), "serve"],
+        [sys.executable, "-m", "assistant.cli", *(argv or ["--config", str(config), "serve"])],
         stdout=log, stderr=subprocess.STDOUT, env=environment, cwd=REPO,
     )  # fmt: skip
     log.close()

@@ -4,6 +4,7 @@ import json
 import subprocess
 import sys
 
+import httpx
 import pytest
 import yaml
 
@@ -87,3 +88,38 @@ def test_adapters_list_and_errors(cli):
     assert missing.returncode == 2 and "no adapter 'v0042'" in missing.stderr
     nothing = cli("train", "--now", "--no-notify")
     assert nothing.returncode == 0 and '"status": "skipped"' in nothing.stdout
+
+
+def test_serve_takes_host_and_port_and_config_after_the_verb(sandbox_test, tmp_path):
+    from serve_process import free_port, start, write_config
+
+    home = tmp_path / "serve-home"
+    profile_port, port = free_port(), free_port()
+    config = write_config(home, sandbox_test.student_dir, profile_port)
+    argv = ["serve", "--config", str(config), "--host", "127.0.0.1", "--port", str(port)]
+    server = start(home, config, port, argv=argv)
+    try:
+        assert httpx.get(f"{server.url}/healthz", timeout=5).status_code == 200
+        with pytest.raises(httpx.ConnectError):  # the flag, not the profile, chose the port
+            httpx.get(f"http://127.0.0.1:{profile_port}/healthz", timeout=2)
+    finally:
+        server.stop()
+
+
+def test_global_options_before_or_after_the_verb():
+    from assistant.cli import build_parser
+
+    parser = build_parser()
+    assert parser.parse_args(["--config", "a", "documents", "list"]).config == "a"
+    assert parser.parse_args(["documents", "list", "--config", "b"]).config == "b"
+    assert parser.parse_args(["train", "--now", "-v", "--config", "c"]).verbose
+    assert parser.parse_args(["serve"]).config is None
+
+
+def test_serve_rejects_a_bad_port(capsys):
+    from assistant.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["serve", "--port", "70000"])
+    assert exc.value.code == 2
+    assert "port must be 1-65535" in capsys.readouterr().err

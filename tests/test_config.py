@@ -50,3 +50,29 @@ def test_unknown_profile_and_bad_values(tmp_path):
     typo.write_text("modles: {}\n")
     with pytest.raises(ConfigError, match="modles"):
         load_settings(str(typo))
+
+
+def test_extends_merges_sections_over_the_named_profile(monkeypatch, tmp_path):
+    monkeypatch.setenv("PROTEGE_HOME", str(tmp_path))
+    child = tmp_path / "site.yaml"
+    child.write_text("extends: qwen3\nlearner:\n  distill:\n    steps: 7\n")
+    settings, parent = load_settings(str(child)), load_settings("qwen3")
+    assert settings.learner.distill.steps == 7
+    # everything else, down to sibling fields of the overridden one, comes from qwen3
+    assert settings.learner.distill.lr == parent.learner.distill.lr
+    assert settings.models == parent.models
+    grandchild = tmp_path / "team.yaml"
+    grandchild.write_text("extends: site.yaml\nserving:\n  port: 9999\n")  # relative to the file
+    settings = load_settings(str(grandchild))
+    assert (settings.learner.distill.steps, settings.serving.port) == (7, 9999)
+
+
+def test_extends_errors(tmp_path):
+    loop = tmp_path / "loop.yaml"
+    loop.write_text("extends: loop.yaml\n")
+    with pytest.raises(ConfigError, match="loops back"):
+        load_settings(str(loop))
+    missing = tmp_path / "missing.yaml"
+    missing.write_text("extends: nope\n")
+    with pytest.raises(ConfigError, match="unknown config profile 'nope'"):
+        load_settings(str(missing))
