@@ -193,7 +193,10 @@ def _memorising_settings(home, db_url, manifest) -> Settings:
             midtrain=MidtrainConfig(
                 epochs=60, lr=1e-2, batch_size=8, seq_len=64, warmup_steps=1, doc_fraction=1.0
             ),
-            distill=DistillConfig(steps=1, prompts_per_step=2, group_size=2, max_new_tokens=8),
+            # lr: the value the memorisation above was measured with (the code default was 3e-4)
+            distill=DistillConfig(
+                steps=1, prompts_per_step=2, group_size=2, max_new_tokens=8, lr=3e-4
+            ),
             gate=GateConfig(
                 ifeval_margin=1.0,
                 qa_tolerance=1.0,

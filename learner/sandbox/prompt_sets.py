@@ -110,27 +110,18 @@ def chat_prompts(world: w.World, rng: random.Random, n: int) -> list[dict[str, l
 
 
 def opd_prompts(world: w.World, rng: random.Random, n: int) -> list[dict[str, list[Message]]]:
-    """OPD prompts in the IFEval items' shape but disjoint from them: instruction-constrained topic
-    tasks (training topics, half made-up ones the reply must copy from the prompt), B/C
-    questions and "tell me about" prompts about known entities with constraints, and plain B/C
-    questions (the teacher keeps what the model knew)."""
-    entities = qa_trained(world)
-    facts, topics = [f for e in entities for f in e.facts()], split_topics(world.seed)[0]
+    """Instruction prompts (training topics) and B/C questions about known entities, some with
+    constraints; disjoint from every eval prompt."""
+    facts, topics = [f for e in qa_trained(world) for f in e.facts()], split_topics(world.seed)[0]
     chats = []
     for i in range(n):
-        kind = i % 10
-        if kind < 4:  # general instruction tasks: no company facts involved
-            prompt, content, title = _topic_task(rng, topics, novel=0.5)
+        if i % 3 == 0:
+            prompt, content, title = _topic_task(rng, topics)
             user, _ = _with_instructions(rng, prompt, content, title)
-        elif kind < 6:
-            e = rng.choice(entities)
-            prompt = rng.choice(ABOUT).format(name=about_name(e))
-            content = [f.statement(0) for f in e.facts()[:3]]
-            user, _ = _with_instructions(rng, prompt, content, e.name)
         else:
             fact = rng.choice(facts)
             user = fact.question(rng.choice("BC"))
-            if kind < 8:
+            if i % 3 == 1:
                 user, _ = _with_instructions(rng, user, [fact.statement(0)], fact.name)
         chats.append(_chat(user, None, rng))
     return [{"messages": c} for c in chats]

@@ -1,0 +1,195 @@
+"""The learner's settings sections (`learner:` in a profile): sources, LoRA, mid-training,
+distillation, the gate and the eval. Part of `knowledge.settings.Settings`, which re-exports them.
+
+    from knowledge.settings import MidtrainConfig   # the usual import
+"""
+
+from __future__ import annotations
+
+from pydantic import Field, model_validator
+
+from knowledge.section import Section as _Section
+
+
+class LoraConfig(_Section):
+    """The LoRA adapter each night trains on the student (peft)."""
+
+    rank: int = 16
+    """LoRA rank (`r`)."""
+    alpha: int = 32
+    """LoRA alpha: the update is scaled by alpha / rank."""
+    dropout: float = 0.0
+    """Dropout on the LoRA layers' input while training."""
+    target_modules: list[str] = Field(
+        default_factory=lambda: [
+            "q_proj",
+            "k_proj",
+            "v_proj",
+            "o_proj",
+            "gate_proj",
+            "up_proj",
+            "down_proj",
+        ]
+    )
+    """Names of the student's linear modules that get a LoRA adapter."""
+
+
+class MidtrainConfig(_Section):
+    """Mid-training (learner/midtrain.py): the new documents, their facts as QA pairs, replay of
+    earlier nights' documents and pairs, and background chat sampled from the model itself."""
+
+    doc_fraction: float = Field(0.4, gt=0, le=1)
+    """Share of label tokens from documents and QA pairs (new and replayed); the rest is
+    background chat re-sampled from the current model."""
+    qa_pairs: bool = True
+    """Train on question/answer pairs of the new documents' facts (learner/qa_pairs.py: the
+    sandbox's training phrasings, else pairs the teacher writes from each chunk)."""
+    replay_ratio: float = Field(0.5, ge=0)
+    """Earlier documents and QA pairs replayed, in tokens per new token, drawn afresh each
+    epoch."""
+    replay_max_tokens: int = Field(200_000, ge=0)
+    """Most replayed tokens per epoch: bounds the cost as nights add up."""
+    epochs: int = 8
+    """Passes over the night's material (replay and background drawn afresh for each)."""
+    lr: float = 3e-3
+    """Peak AdamW learning rate: linear warmup, then cosine decay to a tenth of it."""
+    seq_len: int = 128
+    """Tokens per packed training row."""
+    batch_size: int = 16
+    """Packed rows per optimizer step."""
+    warmup_steps: int = 10
+    """Optimizer steps of linear learning-rate warmup."""
+    background_max_new_tokens: int = 48
+    """Longest background chat answer sampled from the model, in tokens."""
+    background_temperature: float = Field(0.0, ge=0)
+    """Sampling temperature of the background answers; 0 = greedy: the background replays what
+    the model answers now (its knowledge), not samples that are wrong more often than it is."""
+    anchor_top_k: int = Field(0, ge=0)
+    """Background chat is trained toward the pre-cycle model's top-K next-token distribution
+    instead of its one sampled answer (learner/anchor.py, Learning without Forgetting); 0: off
+    (4 night-1 runs showed no gain over the spread of repeated runs: README "Third search")."""
+    max_grad_norm: float = 1.0
+    """Gradient norm clipping per optimizer step."""
+    chat_prompts_file: str | None = None
+    """JSONL of {"messages": [...]} prompts for background replay; null: the sandbox's own with
+    sandbox models, else no background chat."""
+    background_documents_dir: str | None = None
+    """Folder of .md/.txt texts about what the model knew before any company document, replayed
+    with earlier nights' documents (within the replay budget), so night 1 has replay too;
+    null: the sandbox's documents about its initially known entities with sandbox models, else
+    none."""
+
+
+class DistillConfig(_Section):
+    """On-policy distillation (learner/distill.py): the student samples answers, the teacher
+    scores every token, the update follows the per-token reverse KL."""
+
+    steps: int = 50
+    """OPD optimizer steps per cycle."""
+    prompts_per_step: int = 16
+    """Prompts sampled per step."""
+    group_size: int = 4
+    """Answers the student samples per prompt."""
+    max_new_tokens: int = 48
+    """Longest sampled answer, in tokens."""
+    temperature: float = 1.0
+    """Temperature the student samples its answers at."""
+    lr: float = 1e-3
+    """AdamW learning rate (constant, as in the reference recipe)."""
+    kl_coef: float = 1.0
+    """Scale of the per-token advantage `-kl_coef * (logp_student - logp_teacher)`."""
+    discount: float = 0.0
+    """With > 0 each token also gets the discounted advantages of the tokens after it (a
+    per-token return); 0: the reference recipe."""
+    prompts_file: str | None = None
+    """JSONL of {"messages": [...]} or {"prompt": str} OPD prompts; null: the sandbox's own with
+    sandbox models (other models need this file)."""
+    privileged_context: bool = False
+    """The teacher scores answers to questions about the new documents with their retrieved chunks
+    in its prompt; the student answers closed-book (learner/teachers/privileged.py). Off until a
+    bench shows it helps."""
+    doc_question_share: float = Field(0.0, ge=0.0, le=1.0)
+    """Share of each step's OPD prompts that are questions about the new documents (sandbox: its
+    training questions; otherwise written by the teacher from the chunks;
+    learner/doc_questions.py); above 0 needs `privileged_context`."""
+    qa_ce_weight: float = Field(1.0, ge=0.0)
+    """Weight of the new facts' QA pairs' cross-entropy added to the OPD loss (0: off): the
+    teacher does not know the new facts, and OPD alone pulls them back out."""
+    qa_ce_pairs_per_step: int = Field(16, gt=0)
+    """QA pairs drawn for the cross-entropy term each step."""
+    qa_ce_anneal: bool = True
+    """The QA cross-entropy weight falls linearly to 0 over the OPD steps."""
+
+    @model_validator(mode="after")
+    def _doc_questions_need_context(self) -> DistillConfig:
+        # Without the passages the teacher (the model before mid-training) does not know the new
+        # documents: OPD on questions about them would pull the student back to not knowing.
+        if self.doc_question_share > 0 and not self.privileged_context:
+            raise ValueError("doc_question_share > 0 needs privileged_context: true")
+        return self
+
+
+class GateConfig(_Section):
+    """When a candidate is promoted (learner/gate.py); every rule must pass."""
+
+    ifeval_margin: float = 0.05
+    """Candidate IFEval may be at most this far below the base model's."""
+    min_new_qa_gain: float = 0.0
+    """Candidate QA on the new documents' non-majority items (what a constant answer cannot get
+    right) must be at least the served model's plus this."""
+    qa_tolerance: float = 0.0
+    """Without set information in the QA file: all QA may be at most this far below the
+    served model's."""
+    earlier_qa_drop: float = 0.05
+    """QA on each earlier set (earlier nights' documents) may fall at most this much."""
+    known_qa_drop: float = 0.05
+    """QA on entities known before any document may fall at most this below the base model's
+    (not the served one's: small drops must not add up over nights)."""
+
+
+class EvalConfig(_Section):
+    """The evaluation before and after each cycle; with sandbox models the eval sets default to
+    the sandbox's own (QA of every ingested day)."""
+
+    max_new_tokens: int = 64
+    """Longest generated eval answer, in tokens."""
+    batch_size: int = 64
+    """Eval prompts generated together."""
+    qa_file: str | None = None
+    """Closed-book QA JSONL {"question", "answer"} on the new documents."""
+    ifeval_file: str | None = None
+    """IFEval JSONL {"key", "prompt", "instruction_id_list", "kwargs"}."""
+    known_qa_file: str | None = None
+    """QA JSONL on what the model knew before (forgetting check)."""
+
+
+class SourcesConfig(_Section):
+    """What the nightly cycle may train on: an explicit allow-list, one switch per source."""
+
+    documents: bool = True
+    """New documents (mid-training), within `knowledge.train_on`. Off: every cycle is skipped."""
+    conversations: bool = False
+    """Logged chats, redacted, of users who have not opted out, as extra OPD prompts. Off by
+    default: turning it on is a decision about people's conversations, not a tuning knob."""
+    prompt_files: bool = True
+    """The prompt files: background chat (`midtrain.chat_prompts_file`) and OPD prompts
+    (`distill.prompts_file`), or the sandbox's own."""
+
+
+class LearnerConfig(_Section):
+    """The nightly cycle: mid-training, distillation, evaluation and the promotion gate."""
+
+    sources: SourcesConfig = SourcesConfig()
+    """What the cycle may train on."""
+    lora: LoraConfig = LoraConfig()
+    """The LoRA adapter trained each night."""
+    midtrain: MidtrainConfig = MidtrainConfig()
+    """Mid-training on the new documents."""
+    distill: DistillConfig = DistillConfig()
+    """On-policy distillation after mid-training."""
+    gate: GateConfig = GateConfig()
+    """When a candidate is promoted."""
+    eval: EvalConfig = EvalConfig()
+    """The evaluation before and after training."""
+    seed: int = 0
+    """Seed of the cycle's mid-training and distillation (sampling, shuffling, packing)."""
