@@ -52,7 +52,7 @@ from learner.qa_pairs import document_pairs
 from learner.recovery import recover_after_crash
 from learner.registry import BASE, Registry
 from learner.tables import Run
-from learner.teachers.factory import cycle_teacher
+from learner.teachers.factory import check_teacher, cycle_teacher
 from learner.webhook import send_webhook
 
 log = logging.getLogger("protege.pipeline")
@@ -211,6 +211,7 @@ def _cycle(
             student_path = resolve_model_ref(settings, settings.models.student)
             device = torch_device(settings)
             tokenizer = load_tokenizer(student_path)
+            check_teacher(settings, tokenizer)  # an unusable teacher fails here, not after hours
             model = _trainable_student(settings, registry, start, student_path, device)
             tokens = sum(count_tokens(tokenizer, documents))
             run.summary = {"document_tokens": tokens, "work_tokens": work_tokens(settings, tokens)}

@@ -12,6 +12,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from sqlmodel import Session, select
 from test_completions import perturbed_lora, register
 from test_e2e import tiny_settings
 
@@ -27,6 +28,7 @@ from learner.registry import Registry
 from learner.sampling import LocalSampler, SampleBatch
 from learner.sandbox.tokenizer import train_tokenizer
 from learner.scoring import sequence_logprobs
+from learner.tables import Run
 from learner.teachers.local import LocalTeacher
 from learner.teachers.server import ServerTeacher, parse_ref
 
@@ -146,3 +148,15 @@ def test_nightly_cycle_distills_from_the_vllm_teacher(vllm_teacher_url, sandbox_
     metrics = json.loads(Registry(settings).get(result.version).metrics_json)
     assert metrics["distill_teacher"] == f"server:{vllm_teacher_url}/v1#{sandbox_test.student_dir}"
     assert metrics["distill_reverse_kl_first"] is not None
+
+
+def test_an_unreachable_teacher_fails_the_cycle_before_any_work(sandbox_test, tmp_path):
+    settings = tiny_settings(tmp_path, sandbox_test)
+    settings.models.teacher = "server:http://127.0.0.1:9/v1"  # nothing listens on port 9
+    KnowledgeStore(settings).ingest_paths(sorted(sandbox_test.days[0].documents_dir.glob("*.md")))
+    with pytest.raises(ProtegeError, match="unreachable"):
+        run_cycle(settings, progress=False, notify=False)
+    with Session(Registry(settings).engine) as session:
+        run = session.exec(select(Run)).one()
+    assert (run.status, run.stage) == ("failed", "select")  # no eval, no training started
+    assert "evaluate_before" not in json.loads(run.metrics_json or "{}").get("seconds", {})

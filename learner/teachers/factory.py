@@ -57,6 +57,18 @@ def cycle_teacher(
         yield LocalTeacher(path, tokenizer, device, settings.models.dtype)
 
 
+def check_teacher(settings: Settings, tokenizer: PreTrainedTokenizerBase) -> None:
+    """Refuse a teacher the cycle could not use, before any work: a server teacher must answer
+    and share the student's tokenizer and chat template (IncompatibleTeacherError /
+    UpstreamUnavailableError); a `sandbox:` teacher must be built (ConfigError). The cycle opens
+    the teacher again when distillation needs it."""
+    ref = settings.models.teacher
+    if ref.startswith(PREFIX):
+        ServerTeacher.from_ref(ref, tokenizer).close()
+    elif ref not in ("previous", "base"):
+        resolve_model_ref(settings, ref)
+
+
 def teacher_weights(teacher: Teacher, student: PeftModel) -> contextmanager[PreTrainedModel]:
     """A model that generates as the teacher does, for writing questions and answers: a local
     teacher's own model, the frozen previous adapter, else (the base teacher; a server teacher,
