@@ -156,9 +156,15 @@ class EvalConfig(_Section):
     batch_size: int = 64
     """Eval prompts generated together."""
     qa_file: str | None = None
-    """Closed-book QA JSONL {"question", "answer"} on the new documents."""
+    """Closed-book QA JSONL {"question", "answer", "set"} on the documents. Unset: the teacher
+    writes held-out items from each new document's chunks (learner/evals/written.py; the
+    sandbox's day documents bring their own)."""
+    written_items_per_document: int = Field(default=16, ge=1, le=1000)
+    """Most eval items the teacher writes per new document version (one per chunk, the chunks
+    spread over the document), so eval time grows with documents, not with their length."""
     ifeval_file: str | None = None
-    """IFEval JSONL {"key", "prompt", "instruction_id_list", "kwargs"}."""
+    """IFEval JSONL {"key", "prompt", "instruction_id_list", "kwargs"}. Unset: the sandbox's
+    held-out set, or outside it the shipped company set (learner/evals/data)."""
     known_qa_file: str | None = None
     """QA JSONL on what the model knew before (forgetting check)."""
 

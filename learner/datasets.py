@@ -8,10 +8,10 @@ Otherwise from the paths in the config (an admin-provided JSONL for each).
 from __future__ import annotations
 
 import json
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from knowledge.errors import ConfigError, NothingToTrainError
 from knowledge.settings import Settings
@@ -107,40 +107,65 @@ def opd_prompts(settings: Settings) -> list[list[Message]]:
     return load_prompts(path)
 
 
+def sandbox_document_names(settings: Settings) -> set[str]:
+    """Names of the sandbox's day documents (they come with QA sets of their own); none outside
+    the sandbox."""
+    if not uses_sandbox(settings):
+        return set()
+    return {p.name for d in sandbox_manifest(settings).days for p in d.documents_dir.iterdir()}
+
+
 def eval_sets(
-    settings: Settings, document_names: list[str], workdir: Path, new_names: Collection[str] = ()
+    settings: Settings,
+    document_names: list[str],
+    workdir: Path,
+    new_names: Collection[str] = (),
+    written: Sequence[dict[str, Any]] = (),
+    new_document_ids: Collection[int] = (),
 ) -> EvalSets:
-    """The cycle's eval sets: configured files, or the sandbox's own. Sandbox: the QA (and cloze)
-    of every day with an ingested document among `document_names`; `new_sets` are the days with
-    a document among `new_names` (this cycle's new documents)."""
+    """The cycle's eval sets: configured files, or the sandbox's own and the written items.
+
+    Without a configured QA file the QA set is the sandbox days with an ingested document among
+    `document_names` (with their cloze probes) plus `written` (learner/evals/written.py rows, each
+    with its "set" and "doc"); `new_sets` are the days with a document among `new_names` and the
+    written sets holding an item about one of `new_document_ids` (this cycle's new documents).
+    """
     cfg = settings.learner.eval
     sets = EvalSets(
         _configured(cfg.qa_file, "QA eval"),
         _configured(cfg.ifeval_file, "IFEval"),
         _configured(cfg.known_qa_file, "known-QA eval"),
     )
-    if not uses_sandbox(settings):
-        return sets
-    manifest = sandbox_manifest(settings)
+    qa_text: list[str] = []
+    if uses_sandbox(settings):
+        manifest = sandbox_manifest(settings)
 
-    def days_with(names: Collection[str]) -> list:
-        wanted = set(names)
-        return [d for d in manifest.days if wanted & {p.name for p in d.documents_dir.iterdir()}]
+        def days_with(names: Collection[str]) -> list:
+            wanted = set(names)
+            return [
+                d for d in manifest.days if wanted & {p.name for p in d.documents_dir.iterdir()}
+            ]
 
-    days = days_with(document_names)
-    if sets.qa_file is None and days:
+        days = days_with(document_names)
+        if sets.qa_file is None and days:
+            qa_text += [d.qa_file.read_text() for d in days]
+            sets.new_sets = {d.name for d in days_with(new_names)}
+            clozes = [d.cloze_file for d in days if d.cloze_file]
+            if clozes:
+                workdir.mkdir(parents=True, exist_ok=True)
+                sets.cloze_file = workdir / "cloze_eval.jsonl"
+                sets.cloze_file.write_text("".join(p.read_text() for p in clozes))
+        sets.ifeval_file = sets.ifeval_file or manifest.days[0].ifeval_file
+        sets.known_qa_file = sets.known_qa_file or manifest.known_qa_file
+        sets.incontext_qa_file = manifest.incontext_qa_file
+    if sets.qa_file is None and written:
+        qa_text.append("".join(json.dumps(row) + "\n" for row in written))
+        new_ids = set(new_document_ids)
+        sets.new_sets |= {row["set"] for row in written if row["doc"] in new_ids}
+    if qa_text:
         workdir.mkdir(parents=True, exist_ok=True)
-        combined = workdir / "qa_eval.jsonl"
-        combined.write_text("".join(d.qa_file.read_text() for d in days))
-        sets.qa_file = combined
-        sets.new_sets = {d.name for d in days_with(new_names)}
-        clozes = [d.cloze_file for d in days if d.cloze_file]
-        if clozes:
-            sets.cloze_file = workdir / "cloze_eval.jsonl"
-            sets.cloze_file.write_text("".join(p.read_text() for p in clozes))
-    sets.ifeval_file = sets.ifeval_file or manifest.days[0].ifeval_file
-    sets.known_qa_file = sets.known_qa_file or manifest.known_qa_file
-    sets.incontext_qa_file = manifest.incontext_qa_file
+        sets.qa_file = workdir / "qa_eval.jsonl"
+        sets.qa_file.write_text("".join(qa_text))
     return sets
 
 

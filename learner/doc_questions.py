@@ -22,6 +22,7 @@ from learner.qa_pairs import QAPair, Writer
 from learner.teachers import Teacher
 from learner.teachers.factory import teacher_weights
 from learner.teachers.privileged import ContextPrompt
+from learner.teachers.server import ServerTeacher
 
 if TYPE_CHECKING:  # the store pulls in Chroma: only its type is needed here
     from peft import PeftModel
@@ -33,7 +34,10 @@ if TYPE_CHECKING:  # the store pulls in Chroma: only its type is needed here
 def teacher_writer(
     teacher: Teacher, student: PeftModel, tokenizer: PreTrainedTokenizerBase, max_new_tokens: int
 ) -> Writer:
-    """Greedy replies from the teacher's weights (learner.teachers.factory.teacher_weights)."""
+    """Greedy replies: a server teacher's own chat endpoint, else generation with the teacher's
+    weights (learner.teachers.factory.teacher_weights)."""
+    if isinstance(teacher, ServerTeacher):
+        return lambda conversations: teacher.write(conversations, max_new_tokens)
 
     def write(conversations: list[list[Message]]) -> list[str]:
         with teacher_weights(teacher, student) as writer:

@@ -4,11 +4,13 @@
     result.tainted, result.served                          # adapters that carried it; what is served now
 
 1. The knowledge store deletes every version (text, chunks, vectors): retrieval drops it at once.
-2. Every adapter whose lineage (`documents_json`) holds one of those versions is marked
+2. The QA pairs and eval items written from it are deleted (learner/qa_pairs.py,
+   learner/evals/written.py).
+3. Every adapter whose lineage (`documents_json`) holds one of those versions is marked
    `tainted`: never served, promoted or rolled back to again (learner/registry.py).
-3. If the served adapter is tainted, its newest clean ancestor (or the base model) becomes the
+4. If the served adapter is tainted, its newest clean ancestor (or the base model) becomes the
    served one in the same transaction (Deployment action "forget"); hot-swap follows the registry.
-4. The next nightly cycle sees `rebuild_reason` and rebuilds from the base model: a fresh LoRA
+5. The next nightly cycle sees `rebuild_reason` and rebuilds from the base model: a fresh LoRA
    trained on all remaining eligible documents (replay), not only the new ones. Until a rebuilt
    adapter is promoted, every cycle rebuilds.
 
@@ -22,6 +24,7 @@ from dataclasses import asdict, dataclass
 
 from knowledge.settings import Settings
 from knowledge.store import KnowledgeStore
+from learner.evals.written import forget_items
 from learner.qa_pairs import forget_pairs
 from learner.registry import BASE, FORGET, Registry
 
@@ -62,6 +65,7 @@ def forget_document(
     served_before = registry.served_version()
     deleted = store.delete_document(doc_id, deleted_by=actor)
     forget_pairs(settings, deleted.document_ids)  # the QA pairs written from it go too
+    forget_items(registry.engine, deleted.document_ids)  # and its eval items
     served = served_before
     if deleted.adapters:
         reason = f"trained on forgotten document {doc_id} (versions {deleted.document_ids})"

@@ -1,4 +1,5 @@
-"""The nightly cycle: select -> mid-train -> distill -> evaluate -> register -> promote -> notify.
+"""The nightly cycle: select -> write evals -> evaluate -> mid-train -> distill -> evaluate ->
+register -> promote -> notify.
 
 The CLI (`protege train --now`), the scheduler and the demo all call `run_cycle(settings)`.
 Every stage is recorded on the run's row; metrics go to `<home>/runs/<id>/metrics.jsonl` and the
@@ -32,9 +33,11 @@ from knowledge.settings import Settings, dump_settings
 from knowledge.store import KnowledgeStore
 from knowledge.tables import utcnow
 from learner import distill, midtrain
-from learner.datasets import eligible_documents, eval_sets, training_prompts
+from learner.datasets import eligible_documents, training_prompts
 from learner.doc_questions import doc_question_prompts, eval_questions, teacher_writer
 from learner.evals.evaluate import evaluate_model
+from learner.evals.qa import normalize
+from learner.evals.written import cycle_eval_sets
 from learner.failures import describe_failure, require_gpu
 from learner.forgetting import rebuild_reason
 from learner.gate import passes_gate
@@ -206,8 +209,6 @@ def _cycle(
             lineage = sorted(set(trained_ids) | {d.id for d in new_docs})
             earlier_docs = [d for d in store.list_documents() if d.id in set(trained_ids)]
             documents = [store.document_text(d.id) for d in new_docs]
-            names = [d.name for d in store.list_documents() if d.id in set(lineage)]
-            sets = eval_sets(settings, names, run.dir, [d.name for d in new_docs])
             student_path = resolve_model_ref(settings, settings.models.student)
             device = torch_device(settings)
             tokenizer = load_tokenizer(student_path)
@@ -231,27 +232,34 @@ def _cycle(
         run.summary["sources"] = {"documents": len(new_docs), **prompts.sources}
         run.metric({"stage": "sources", **run.summary["sources"]})
 
-        with run.stage("evaluate_before"):
-            before = _evaluate(settings, model, tokenizer, sets, progress, store)
-            if start == BASE:
-                base = before
-            else:
-                with model.disable_adapter():
-                    base = _evaluate(settings, model, tokenizer, sets, progress, store)
-            run.metric({"stage": "evaluate_before", "served": before, "base": base})
-
-        # The teacher (the served model, frozen, by default) writes the QA pairs of documents
-        # without any and scores OPD: open from mid-training through distillation.
+        # The teacher (the served model, frozen, by default) writes the eval items and the QA
+        # pairs of documents without any and scores OPD: open from here through distillation.
         with ExitStack() as stack:
             served_dir = None if served == BASE else registry.verify(served)
             teacher = stack.enter_context(
                 cycle_teacher(settings, model, tokenizer, device, served, served_dir)
             )
             write = teacher_writer(teacher, model, tokenizer, settings.learner.eval.max_new_tokens)
+            with run.stage("write_evals"):
+                sets = cycle_eval_sets(
+                    settings, store, registry.engine, new_docs + earlier_docs, new_docs,
+                    write, prompts, run.dir, run.id,
+                )  # fmt: skip
+                exclude = eval_questions(sets)
+                opd_prompts = [p for p in prompts.opd if normalize(p[-1]["content"]) not in exclude]
+                run.metric({"stage": "write_evals", "new_sets": sorted(sets.new_sets)})
+
+            with run.stage("evaluate_before"):
+                before = _evaluate(settings, model, tokenizer, sets, progress, store)
+                if start == BASE:
+                    base = before
+                else:
+                    with model.disable_adapter():
+                        base = _evaluate(settings, model, tokenizer, sets, progress, store)
+                run.metric({"stage": "evaluate_before", "served": before, "base": base})
+
             with run.stage("midtrain"):
-                pairs = document_pairs(
-                    settings, store, new_docs + earlier_docs, eval_questions(sets), write
-                )
+                pairs = document_pairs(settings, store, new_docs + earlier_docs, exclude, write)
                 new_pairs = [p for d in new_docs for p in pairs[d.id]]
                 mid = midtrain.main(
                     model,
@@ -273,7 +281,7 @@ def _cycle(
                     model,
                     tokenizer,
                     teacher,
-                    prompts.opd,
+                    opd_prompts,
                     settings.learner.distill,
                     settings.learner.seed,
                     log=run.metric,

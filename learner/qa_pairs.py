@@ -6,9 +6,9 @@ question/answer pairs of the new facts makes them answerable; replaying earlier 
 keeps what earlier nights taught (learner/midtrain.py mixes both in).
 
 Where the pairs come from:
-- sandbox: each ingested day's `train_questions.jsonl` (other phrasings than the QA eval's, the
-  answer as the base was taught to say it, and the document stating it);
-- otherwise: the teacher writes pairs from each chunk of the document, kept only when the short
+- a sandbox day's document: the day's `train_questions.jsonl` (other phrasings than the QA
+  eval's, the answer as the base was taught to say it, and the document stating it);
+- any other document: the teacher writes pairs from each chunk of the document, kept only when the short
   answer occurs in the chunk and the question is none the evals ask (after normalisation).
 
 Pairs are cached per document version in `<home>/qa_pairs/<id>.jsonl` (written atomically), so
@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING
 
 from knowledge.prompting import grounded_user_message
 from knowledge.settings import Settings
-from learner.datasets import read_jsonl, sandbox_manifest, uses_sandbox
+from learner.datasets import read_jsonl, sandbox_document_names, sandbox_manifest
 from learner.evals.qa import normalize, qa_correct
 from learner.generation import Message
 
@@ -125,13 +125,14 @@ def document_pairs(
     `write` is the teacher (None: only the sandbox's pairs or cached ones are available; a
     document without either gets none).
     """
-    if uses_sandbox(settings):
-        by_name = _sandbox_pairs(settings, {d.name for d in documents})
-        return {d.id: without(by_name.get(d.name, []), exclude) for d in documents}
+    sandbox_names = sandbox_document_names(settings)
+    by_name = _sandbox_pairs(settings, {d.name for d in documents}) if sandbox_names else {}
     out: dict[int, list[QAPair]] = {}
     for document in documents:
         path = _cache_path(settings, document.id)
-        if path.exists():
+        if document.name in sandbox_names:
+            pairs = by_name.get(document.name, [])
+        elif path.exists():
             pairs = [QAPair(**row) for row in read_jsonl(path)]
         elif write is not None:
             pairs = written_pairs([c.text for c in store.chunks_for([document.id])], write)

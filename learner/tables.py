@@ -60,3 +60,21 @@ class Lease(SQLModel, table=True):
     holder: str  # "<host>:<pid>:<random>"
     heartbeat_at: datetime = Field(default_factory=utcnow)
     expires_at: datetime
+
+
+class EvalItem(SQLModel, table=True):
+    """A held-out closed-book question about one document version (learner/evals/written.py).
+
+    The teacher writes them from the document's chunks when no QA file is configured; an admin
+    may add, edit or delete them. Nothing trains on them: QA pairs and OPD prompts that match one
+    (after normalisation) are left out.
+    """
+
+    id: int | None = Field(default=None, primary_key=True)
+    document_id: int = Field(index=True)  # the document version it asks about
+    set_name: str  # the gate's set: the documents whose items one cycle wrote share one
+    question: str
+    answer: str  # short; a reply is right when it contains it (learner.evals.qa.qa_correct)
+    origin: str = "teacher"  # "teacher" | "admin"
+    created_at: datetime = Field(default_factory=utcnow)
+    updated_at: datetime = Field(default_factory=utcnow)

@@ -51,7 +51,11 @@ def cycle_teacher(
     elif ref in ("previous", "base"):
         yield BaseModelTeacher(model, "previous (base)" if ref == "previous" else "base")
     elif ref.startswith(PREFIX):  # checked before any OPD step
-        yield ServerTeacher.from_ref(ref, tokenizer)
+        server = ServerTeacher.from_ref(ref, tokenizer)
+        try:
+            yield server
+        finally:
+            server.close()
     else:
         path = resolve_model_ref(settings, ref)
         yield LocalTeacher(path, tokenizer, device, settings.models.dtype)
@@ -71,8 +75,9 @@ def check_teacher(settings: Settings, tokenizer: PreTrainedTokenizerBase) -> Non
 
 def teacher_weights(teacher: Teacher, student: PeftModel) -> contextmanager[PreTrainedModel]:
     """A model that generates as the teacher does, for writing questions and answers: a local
-    teacher's own model, the frozen previous adapter, else (the base teacher; a server teacher,
-    which only scores) the student's base weights with its adapter off."""
+    teacher's own model, the frozen previous adapter, else (the base teacher) the student's base
+    weights with its adapter off. A server teacher writes through its own chat endpoint
+    (learner.doc_questions.teacher_writer)."""
     if isinstance(teacher, LocalTeacher):
         return nullcontext(teacher.model)
     if isinstance(teacher, PreviousAdapterTeacher):

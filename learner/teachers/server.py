@@ -19,6 +19,9 @@ ids. Identical tokenizers and templates always pass; a tokenizer that splits or 
 student's tokens differently, or a template that formats the probe differently, fails with
 IncompatibleTeacherError. What it cannot see: template branches the probe does not take (tools,
 multimodal parts).
+
+The server also writes: `teacher.write(conversations, max_tokens)` asks its chat endpoint for
+greedy replies (the cycle's eval items and QA pairs are written by the strongest model it has).
 """
 
 from __future__ import annotations
@@ -155,6 +158,26 @@ class ServerTeacher:
             out_B_T[b, mask_B_T[b].cpu()] = torch.tensor([0.0, *lps[1:]])
         out_B_T = out_B_T.to(batch.sequences_B_T.device)
         return out_B_T * batch.completion_mask_B_T
+
+    def write(self, conversations: list[list[Message]], max_tokens: int) -> list[str]:
+        """Greedy chat replies (`POST /v1/chat/completions`, thinking off), one per conversation:
+        the teacher writes the cycle's eval items and QA pairs (learner/doc_questions.py)."""
+        with ThreadPoolExecutor(self.parallel_requests) as pool:
+            return list(pool.map(lambda c: self._reply(c, max_tokens), conversations))
+
+    def _reply(self, messages: list[Message], max_tokens: int) -> str:
+        body = {
+            "model": self.model,
+            "messages": messages,
+            "max_tokens": max_tokens,
+            "temperature": 0.0,
+            "chat_template_kwargs": {"enable_thinking": False},
+        }
+        try:
+            response = self.http.post("/chat/completions", json=body)
+        except httpx.HTTPError as exc:
+            raise UpstreamUnavailableError(f"teacher server {self.base_url}: {exc}") from exc
+        return _json(response, "chat")["choices"][0]["message"]["content"] or ""
 
     def _score(self, prompts: list[list[int]]) -> list[list[float | None]]:
         """Per-position log-probs of each token-id prompt (position 0: None)."""
