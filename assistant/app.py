@@ -7,7 +7,7 @@
 Endpoints: chat (assistant/routes_chat.py), GET /v1/models, POST /admin/adapters/reload,
 GET /healthz; documents, jobs and search in assistant/routes_documents.py; completions and
 tokenize in assistant/routes_completions.py; feedback and opt-out in assistant/routes_feedback.py;
-/readyz and /metrics in assistant/routes_ops.py.
+/readyz and /metrics in assistant/routes_ops.py; eval items in assistant/routes_evals.py.
 
 Auth (assistant/auth.py): /v1/* needs `Authorization: Bearer <key>`, /admin/* an admin key; the
 key's user is logged with each exchange and its groups decide what retrieval may use.
@@ -41,6 +41,7 @@ from assistant.routes_chat import MODEL_ID
 from assistant.routes_chat import router as chat_router
 from assistant.routes_completions import router as completions_router
 from assistant.routes_documents import router as documents_router
+from assistant.routes_evals import router as evals_router
 from assistant.routes_feedback import router as feedback_router
 from assistant.routes_learning import router as learning_router
 from assistant.routes_ops import router as ops_router
@@ -165,6 +166,7 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> FastAPI:
     app.include_router(feedback_router)  # /v1/feedback, /v1/me, /v1/me/training-opt-out
     app.include_router(ops_router)  # /readyz, /metrics
     app.include_router(learning_router)  # /admin/runs, /admin/adapters[/promote|/rollback]
+    app.include_router(evals_router)  # /admin/evals[/{id}]
     install_ui(app)  # web pages /, /ui/documents, /ui/learning and /ui/static/
 
     @app.post("/admin/adapters/reload")

@@ -9,6 +9,7 @@
     protege knowledge check [--repair]       # SQL vs vector index drift
     protege train --now [--dry-run]          # one nightly cycle now (or only what it would do)
     protege runs list|show ID                # training cycles: stage timings, metrics, message
+    protege evals list [--document ID]|show ID  # the gate's questions written from the documents
     protege eval --qa Q.jsonl --ifeval I.jsonl --adapter current --json
     protege adapters list|promote V|rollback
     protege keys create NAME --role user|admin [--groups a,b] | list | revoke ID|PREFIX
@@ -272,6 +273,10 @@ def build_parser() -> argparse.ArgumentParser:
     from assistant.cli_runs import add_commands as add_runs_commands
 
     add_runs_commands(sub)  # runs list|show
+
+    from assistant.cli_evals import add_commands as add_evals_commands
+
+    add_evals_commands(sub)  # evals list|show
 
     from assistant.cli_keys import add_commands as add_keys_commands
 

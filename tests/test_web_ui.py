@@ -274,3 +274,35 @@ def test_learning_page_shows_runs_and_promotes_and_rolls_back(
     assert Registry(served.settings).served_version() == new
     assert page.is_disabled(f"#adapter-{new} button.promote")
     assert not page.is_disabled(f"#adapter-{old} button.promote")
+
+
+def test_learning_page_lists_adds_edits_and_deletes_eval_items(page, served):
+    doc = _documents(served)
+    doc_id = next(iter(doc.values()))["id"]
+    body = {"document_id": doc_id, "question": "Who keeps the badge list?", "answer": "Ops"}
+    first = served.client.post("/admin/evals", json=body).json()
+    page.goto("/ui/learning")
+    row = page.wait_for_selector(f"#eval-{first['id']}")
+    assert "admin" in row.inner_text() and str(doc_id) in row.inner_text()
+
+    page.fill("#eval-doc", str(doc_id))  # add one through the form
+    page.fill("#eval-question", "Where are train tickets booked?")
+    page.fill("#eval-answer", "travel desk")
+    page.click("#eval-add button")
+    page.wait_for_function("document.getElementById('status').textContent.includes('added')")
+    listed = served.client.get("/admin/evals").json()["data"]
+    added = next(r for r in listed if r["question"] == "Where are train tickets booked?")
+
+    page.fill(f"#eval-{first['id']} input.answer", "Operations")  # edit in place
+    page.click(f"#eval-{first['id']} button.save")
+    page.wait_for_function("document.getElementById('status').textContent.includes('saved')")
+    by_id = {r["id"]: r for r in served.client.get("/admin/evals").json()["data"]}
+    assert by_id[first["id"]]["answer"] == "Operations"
+    _screenshot(page, "learning-evals")
+
+    page.on("dialog", lambda d: d.accept())
+    page.click(f"#eval-{added['id']} button.delete")
+    page.wait_for_function("document.getElementById('status').textContent.includes('deleted')")
+    page.wait_for_selector(f"#eval-{added['id']}", state="detached")
+    assert added["id"] not in {r["id"] for r in served.client.get("/admin/evals").json()["data"]}
+    served.client.delete(f"/admin/evals/{first['id']}")  # leave the module's server as found

@@ -8,10 +8,14 @@ a fake teacher server writing.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
+import httpx
 import pytest
 import torch
+import yaml
 from fake_teacher import fake_teacher, scripted_reply
 from peft import LoraConfig, get_peft_model
 from test_e2e import tiny_settings
@@ -19,7 +23,7 @@ from test_e2e import tiny_settings
 from assistant.app import create_app
 from assistant.server import serve_in_thread
 from knowledge.errors import BadInputError, NotFoundError
-from knowledge.settings import ModelsConfig, ServingConfig, Settings
+from knowledge.settings import ModelsConfig, ServingConfig, Settings, dump_settings
 from knowledge.store import KnowledgeStore
 from learner.datasets import read_jsonl
 from learner.doc_questions import teacher_writer
@@ -224,3 +228,41 @@ def test_cycle_without_eval_files_writes_gates_on_and_forgets_items(company, tea
     rows = read_jsonl(settings.runs_dir / f"{second.run_id:05d}" / "qa_eval.jsonl")
     assert [r["item"] for r in rows] == [i.id for i in kept]
     assert second.after["n_qa"] == len(kept)
+
+
+def test_admin_api_and_cli_list_add_edit_delete(company, tmp_path):
+    """A real server: GET/POST/PATCH/DELETE /admin/evals; `protege evals list|show` read them."""
+    settings, store, engine = company
+    docs = store.list_documents()
+    write_items(engine, store, docs, scripted([]), set(), "run00001", 2)
+    written = list_items(engine)
+    with serve_in_thread(create_app(settings)) as url, httpx.Client(base_url=url) as http:
+        listed = http.get("/admin/evals").json()["data"]
+        assert [r["id"] for r in listed] == [i.id for i in written]
+        one = http.get("/admin/evals", params={"document_id": docs[0].id}).json()["data"]
+        assert {r["document_id"] for r in one} == {docs[0].id}
+        body = {"document_id": docs[1].id, "question": "When is the badge office open?",
+                "answer": "Tuesday mornings"}  # fmt: skip
+        added = http.post("/admin/evals", json=body)
+        assert added.status_code == 201 and added.json()["origin"] == "admin", added.text
+        item_id = added.json()["id"]
+        changed = http.patch(f"/admin/evals/{item_id}", json={"answer": "Tuesday"})
+        assert changed.status_code == 200 and changed.json()["answer"] == "Tuesday"
+        assert http.patch("/admin/evals/99999", json={"answer": "x"}).status_code == 404
+        assert http.patch(f"/admin/evals/{item_id}", json={"answer": ""}).status_code == 422
+        assert http.patch(f"/admin/evals/{item_id}", json={"answer": " . "}).status_code == 400
+        assert http.post("/admin/evals", json={**body, "document_id": 9999}).status_code == 404
+        assert http.post("/admin/evals", json={**body, "extra": 1}).status_code == 422
+        assert http.delete(f"/admin/evals/{written[0].id}").json()["deleted"] is True
+        assert http.delete(f"/admin/evals/{written[0].id}").status_code == 404
+    profile = tmp_path / "profile.yaml"
+    profile.write_text(yaml.safe_dump(dump_settings(settings)))
+    cli = [sys.executable, "-m", "assistant.cli", "--config", str(profile), "evals"]
+    out = subprocess.run([*cli, "list", "--json"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    rows = json.loads(out.stdout)
+    assert written[0].id not in {r["id"] for r in rows} and item_id in {r["id"] for r in rows}
+    out = subprocess.run([*cli, "show", str(item_id)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and "Tuesday" in out.stdout and "admin" in out.stdout, out.stderr
+    out = subprocess.run([*cli, "show", "99999"], capture_output=True, text=True, timeout=120)
+    assert out.returncode != 0 and "no eval item with id 99999" in out.stderr

@@ -1,4 +1,5 @@
-// Learning: training runs, adapters with their metrics (and a chart), promote and roll back.
+// Learning: training runs, adapters with their metrics (and a chart), promote and roll back;
+// the eval items the gate asks, edited in place.
 "use strict";
 
 const SERIES = [
@@ -104,7 +105,78 @@ function emptyRow(columns, text) {
   return el("tr", {}, el("td", { colspan: columns, class: "muted" }, text));
 }
 
+function sendJSON(method, path, payload) {
+  return api(path, {
+    method,
+    headers: { "Content-Type": "application/json" },
+    body: payload === undefined ? undefined : JSON.stringify(payload),
+  });
+}
+
+// One eval item: question and answer editable in place, saved or deleted with its buttons.
+function evalRow(item) {
+  const question = el("input", { class: "question", value: item.question, maxlength: 1000 });
+  const answer = el("input", { class: "answer", value: item.answer, maxlength: 200 });
+  const save = async () => {
+    try {
+      await sendJSON("PATCH", `/admin/evals/${item.id}`, { question: question.value, answer: answer.value });
+      showStatus(`Eval item ${item.id} saved.`, "ok");
+    } catch (error) {
+      showError(error);
+    }
+    await refreshEvals().catch(showError);
+  };
+  const remove = async () => {
+    if (!confirm(`Delete eval item ${item.id}?`)) return;
+    try {
+      await sendJSON("DELETE", `/admin/evals/${item.id}`);
+      showStatus(`Eval item ${item.id} deleted.`, "ok");
+    } catch (error) {
+      showError(error);
+    }
+    await refreshEvals().catch(showError);
+  };
+  return el(
+    "tr",
+    { id: `eval-${item.id}` },
+    el("td", {}, item.id),
+    el("td", {}, item.document_id),
+    el("td", {}, item.set),
+    el("td", {}, item.origin),
+    el("td", {}, question),
+    el("td", {}, answer),
+    el("td", {},
+      el("button", { type: "button", class: "save", onclick: save }, "Save"),
+      el("button", { type: "button", class: "delete secondary", onclick: remove }, "Delete")),
+  );
+}
+
+async function refreshEvals() {
+  const items = await api("/admin/evals");
+  document.querySelector("#evals tbody").replaceChildren(
+    ...(items.data.length
+      ? items.data.map(evalRow)
+      : [emptyRow(7, "No eval items yet: a cycle writes them for new documents.")]),
+  );
+}
+
+document.getElementById("eval-add").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  const value = (id) => document.getElementById(id).value;
+  try {
+    const item = await postJSON("/admin/evals", {
+      document_id: Number(value("eval-doc")), question: value("eval-question"), answer: value("eval-answer"),
+    });
+    showStatus(`Eval item ${item.id} added.`, "ok");
+    event.target.reset();
+  } catch (error) {
+    showError(error);
+  }
+  await refreshEvals().catch(showError);
+});
+
 async function refresh() {
+  refreshEvals().catch(showError);
   const [runs, adapters] = await Promise.all([api("/admin/runs"), api("/admin/adapters")]);
   setServed(adapters.served);
   drawChart(adapters.data);

@@ -247,3 +247,17 @@ def cycle_eval_sets(
         written,
         {d.id for d in new_documents},
     )
+
+
+def item_json(item: EvalItem) -> dict[str, Any]:
+    """An item as JSON (the admin API and `protege evals ... --json`)."""
+    return {
+        "id": item.id,
+        "document_id": item.document_id,
+        "set": item.set_name,
+        "question": item.question,
+        "answer": item.answer,
+        "origin": item.origin,
+        "created_at": item.created_at.isoformat(),
+        "updated_at": item.updated_at.isoformat(),
+    }
