@@ -2,7 +2,9 @@
 
 With sandbox models (`models.student: sandbox:...`) they come from the sandbox manifest: the QA
 eval is every sandbox day whose documents have been ingested, IFEval is the held-out day-1 set.
-Otherwise from the paths in the config (an admin-provided JSONL for each).
+Otherwise from the paths in the config where given, else: QA items the teacher writes from the
+documents (learner/evals/written.py) and the shipped IFEval-format set
+(learner/evals/company_ifeval.py).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from knowledge.errors import ConfigError, NothingToTrainError
 from knowledge.settings import Settings
+from learner.evals.company_ifeval import SHIPPED as COMPANY_IFEVAL
 from learner.generation import Message
 from learner.sandbox.manifest import SandboxManifest, load_manifest, sandbox_root
 
@@ -158,6 +161,8 @@ def eval_sets(
         sets.ifeval_file = sets.ifeval_file or manifest.days[0].ifeval_file
         sets.known_qa_file = sets.known_qa_file or manifest.known_qa_file
         sets.incontext_qa_file = manifest.incontext_qa_file
+    else:
+        sets.ifeval_file = sets.ifeval_file or COMPANY_IFEVAL  # the shipped set
     if sets.qa_file is None and written:
         qa_text.append("".join(json.dumps(row) + "\n" for row in written))
         new_ids = set(new_document_ids)

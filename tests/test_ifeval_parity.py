@@ -3,6 +3,7 @@ by `if-verifiable`), strict and loose, on every instruction id protege supports.
 
     .venv/bin/python -m pytest tests/test_ifeval_parity.py -q
 
+Items: the test sandbox's, the shipped company set's and one per hand-written case.
 Responses: hand-made variants of each item (cases, lists, JSON, titles, endings, keywords, empty)
 and the test sandbox student's own answers. The one known difference is the official
 change_case checkers' language check (`langdetect.detect(text) == "en"`), which protege does not
@@ -21,6 +22,7 @@ from if_verifiable.common import evaluate_instructions
 from if_verifiable.ifeval.instructions_registry import INSTRUCTION_DICT
 from test_ifeval import CASES
 
+from learner.evals.company_ifeval import SHIPPED
 from learner.evals.evaluate import read_jsonl
 from learner.evals.ifeval import SUPPORTED_INSTRUCTIONS, score_item
 
@@ -55,8 +57,10 @@ def variants(item: dict) -> list[str]:
 
 
 def items(sandbox: Path) -> list[dict]:
-    """The test sandbox's IFEval items plus one item per hand-written case (every supported id)."""
+    """The test sandbox's IFEval items, the shipped company set (learner/evals/company_ifeval.py)
+    and one item per hand-written case (every supported id)."""
     rows = [r for path in sorted(sandbox.glob("days/*/ifeval.jsonl")) for r in read_jsonl(path)]
+    rows += read_jsonl(SHIPPED)
     rows += [
         {"prompt": "", "instruction_id_list": [i], "kwargs": [kw], "good": good, "bad": bad}
         for i, kw, good, bad in CASES

@@ -64,12 +64,18 @@ def test_every_profile_loads_from_a_fresh_venv(wheel, tmp_path):
         "assert 'site-packages' in s.__file__ and str(s.CONFIG_DIR).endswith('profiles'), s.__file__\n"
         f"for name in {PROFILES!r}:\n"
         "    print(name, s.load_settings(name).models.student)\n"
+        "from pathlib import Path\n"
+        "from learner.datasets import eval_sets, read_jsonl\n"
+        "sets = eval_sets(s.load_settings('qwen3'), [], Path('evals'))\n"
+        "assert 'site-packages' in str(sets.ifeval_file) and sets.qa_file is None, sets\n"
+        "print('ifeval', len(read_jsonl(sets.ifeval_file)), file=sys.stderr)\n"
     )
     result = subprocess.run(
         [str(python), "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=300,
         env={"PROTEGE_HOME": str(tmp_path / "home"), "PATH": "/usr/bin:/bin"},
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
+    assert "ifeval 390" in result.stderr  # the shipped IFEval-format set, from the wheel
     assert result.stdout.split() == [w for p in PROFILES for w in (p, _student(p))]
     cli = subprocess.run(
         [str(python), "-m", "assistant.cli", "--config", "qwen3", "adapters", "list"],
