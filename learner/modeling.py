@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from huggingface_hub import constants, try_to_load_from_cache
 from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
@@ -23,10 +24,34 @@ from learner.sandbox.manifest import load_manifest, sandbox_root
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def resolve_model_ref(settings: Settings, ref: str) -> str:
-    """`sandbox:student` / `sandbox:teacher` -> folder of the built sandbox; else unchanged."""
-    if not ref.startswith("sandbox:"):
+def require_local_model(ref: str) -> str:
+    """`ref` unchanged when it is a model folder, or a Hub id whose config and weights are in
+    the local Hugging Face cache; else a one-line ConfigError naming the fix (nothing downloads
+    at run time, so a missing model must fail before any work, not deep inside a load)."""
+    if Path(ref).expanduser().is_dir():
         return ref
+    if ref.startswith(("/", ".", "~")) or ref.count("/") != 1:
+        raise ConfigError(f"model folder {ref} does not exist (models.student / models.teacher)")
+    config = try_to_load_from_cache(ref, "config.json")
+    snapshot = Path(config).parent if isinstance(config, str) else None
+    if (
+        snapshot is None
+        or not any(snapshot.glob("*.safetensors"))
+        and not any(snapshot.glob("*.bin"))
+    ):
+        raise ConfigError(
+            f"model {ref} is not in the local Hugging Face cache ({constants.HF_HUB_CACHE}): "
+            f"fetch it once with `huggingface-cli download {ref}` where there is internet (or "
+            "set HF_HOME to a cache that has it), or set the model to a local folder"
+        )
+    return ref
+
+
+def resolve_model_ref(settings: Settings, ref: str) -> str:
+    """`sandbox:student` / `sandbox:teacher` -> folder of the built sandbox; a model folder or a
+    cached Hub id unchanged (require_local_model)."""
+    if not ref.startswith("sandbox:"):
+        return require_local_model(ref)
     manifest = load_manifest(
         sandbox_root(settings.sandbox_dir, settings.sandbox.size, settings.sandbox.seed)
     )

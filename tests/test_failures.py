@@ -13,7 +13,7 @@ import httpx
 import pytest
 import torch
 
-from knowledge.errors import BadInputError, NoGPUError, ProtegeError
+from knowledge.errors import BadInputError, ConfigError, NoGPUError, ProtegeError
 from knowledge.settings import ModelsConfig, Settings
 from learner.failures import (
     DISK_FULL,
@@ -100,3 +100,50 @@ def test_anything_else_keeps_its_type_and_text() -> None:
         OTHER,
         "BadInputError: mid-training needs at least one document",
     )
+
+
+def test_a_hub_model_missing_from_the_local_cache_is_one_line_naming_the_fix(
+    tmp_path, monkeypatch
+) -> None:
+    from huggingface_hub import constants
+
+    from learner.modeling import require_local_model
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    with pytest.raises(ConfigError) as missing:
+        require_local_model("Qwen/Qwen3-1.7B")
+    message = str(missing.value)
+    assert "\n" not in message and "huggingface-cli download Qwen/Qwen3-1.7B" in message
+    with pytest.raises(ConfigError, match="does not exist"):
+        require_local_model(str(tmp_path / "no-such-model"))
+    # a cached snapshot (the cache's own layout) passes, config without weights does not
+    repo = tmp_path / "hub" / "models--Qwen--Qwen3-1.7B"
+    snapshot = repo / "snapshots" / "abc123"
+    snapshot.mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("abc123")
+    (snapshot / "config.json").write_text("{}")
+    with pytest.raises(ConfigError, match="not in the local Hugging Face cache"):
+        require_local_model("Qwen/Qwen3-1.7B")
+    (snapshot / "model.safetensors").write_bytes(b"")
+    assert require_local_model("Qwen/Qwen3-1.7B") == "Qwen/Qwen3-1.7B"
+    assert require_local_model(str(snapshot)) == str(snapshot)  # a folder: as it is
+
+
+def test_serve_with_an_uncached_model_stops_with_that_line(tmp_path) -> None:
+    import subprocess
+    import sys
+
+    profile = tmp_path / "p.yaml"
+    profile.write_text(
+        f"home: {tmp_path / 'home'}\nmodels: {{student: Qwen/Qwen3-1.7B, device: cpu}}\n"
+        "serving: {auth: open}\n"
+    )
+    env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "empty"), "HF_HUB_OFFLINE": "1"}
+    out = subprocess.run(
+        [sys.executable, "-m", "assistant.cli", "serve", "--config", str(profile)],
+        capture_output=True, text=True, timeout=120, env=env,
+    )  # fmt: skip
+    assert out.returncode != 0
+    assert "huggingface-cli download Qwen/Qwen3-1.7B" in out.stderr, out.stderr
+    assert "Traceback" not in out.stderr
