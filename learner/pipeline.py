@@ -56,6 +56,7 @@ from learner.recovery import recover_after_crash
 from learner.registry import BASE, Registry
 from learner.tables import Run
 from learner.teachers.factory import check_teacher, cycle_teacher
+from learner.vllm_sampler import opd_sampler
 from learner.webhook import send_webhook
 
 log = logging.getLogger("protege.pipeline")
@@ -276,7 +277,7 @@ def _cycle(
                     replay_pairs=[p for d in earlier_docs for p in pairs[d.id]],
                 )
 
-            with run.stage("distill"):
+            with run.stage("distill"), opd_sampler(settings, model, tokenizer, run.dir) as sampler:
                 opd = distill.main(
                     model,
                     tokenizer,
@@ -284,6 +285,7 @@ def _cycle(
                     opd_prompts,
                     settings.learner.distill,
                     settings.learner.seed,
+                    sampler=sampler,
                     log=run.metric,
                     progress=progress,
                     doc_prompts=doc_question_prompts(settings, store, new_pairs),
