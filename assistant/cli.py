@@ -29,7 +29,7 @@ import logging
 import sys
 from pathlib import Path
 
-from knowledge.errors import CycleBusyError, ProtegeError
+from knowledge.errors import ConfigError, CycleBusyError, ProtegeError
 from knowledge.settings import Settings, load_settings
 
 
@@ -80,6 +80,14 @@ def _train(settings: Settings, args: argparse.Namespace) -> int:
             "nothing to do: `protege train --now` runs a cycle now; `protege schedule` runs them nightly"
         )
         return 2
+    if args.processes is not None:  # validated as the profile's value would be
+        learner = settings.learner.model_dump()
+        learner["distributed"] = {"processes": args.processes}
+        try:
+            learner_config = type(settings.learner).model_validate(learner)
+        except ValueError as exc:
+            raise ConfigError(f"--processes {args.processes}: {exc}") from None
+        settings = settings.model_copy(update={"learner": learner_config})
     if args.dry_run:
         from assistant.cli_runs import dry_run
 
@@ -258,6 +266,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--dry-run", action="store_true", help="show what would be trained on; do not train"
     )
     train.add_argument("--json", action="store_true", help="--dry-run: print the plan as JSON")
+    train.add_argument(
+        "--processes",
+        type=int,
+        metavar="N",
+        help="train on N data-parallel processes (learner.distributed.processes)",
+    )
     train.set_defaults(func=_train)
 
     ev = sub.add_parser("eval", help="evaluate the student with an adapter")

@@ -91,6 +91,10 @@ class CycleBusyError(ProtegeError):
     http_status = 409
 
 
+class TrainingRankError(ProtegeError):
+    """A rank of a data-parallel training stage failed; the cycle stops, nothing is registered."""
+
+
 class NoGPUError(ConfigError):
     """The profile asks for a CUDA GPU (`models.device: cuda`) and this host has none visible."""
 

@@ -32,3 +32,13 @@ def pause_point(name: str) -> None:
             time.sleep(0.05)
         return
     time.sleep(3600)
+
+
+CRASH_ENV = "PROTEGE_TEST_CRASH_AT"
+
+
+def crash_point(name: str) -> None:
+    """`PROTEGE_TEST_CRASH_AT=<name>`: the process exits here at once, as a crashed one would
+    (tests/test_data_parallel.py kills one training rank this way)."""
+    if os.environ.get(CRASH_ENV) == name:
+        os._exit(17)

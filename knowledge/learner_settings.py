@@ -189,6 +189,16 @@ class SourcesConfig(_Section):
     (`distill.prompts_file`), or the sandbox's own."""
 
 
+class DistributedConfig(_Section):
+    """Data-parallel mid-training and OPD (learner/data_parallel.py)."""
+
+    processes: int = Field(1, ge=1)
+    """Ranks that train together. 1: in the cycle's own process. N > 1: mid-training and OPD
+    run on N processes started with `accelerate launch` (gloo on CPU, NCCL on GPUs); each rank
+    takes its share of every batch, gradients are averaged, rank 0 saves the adapter; the rest
+    of the cycle (evals, gate, registry) stays in the cycle's process."""
+
+
 class LearnerConfig(_Section):
     """The nightly cycle: mid-training, distillation, evaluation and the promotion gate."""
 
@@ -204,5 +214,17 @@ class LearnerConfig(_Section):
     """When a candidate is promoted."""
     eval: EvalConfig = EvalConfig()
     """The evaluation before and after training."""
+    distributed: DistributedConfig = DistributedConfig()
+    """How many processes train together."""
     seed: int = 0
     """Seed of the cycle's mid-training and distillation (sampling, shuffling, packing)."""
+
+    @model_validator(mode="after")
+    def _ranks_fit(self) -> LearnerConfig:
+        n = self.distributed.processes
+        if n > 1 and self.distill.sampler_url:
+            # one vLLM server's runtime adapters are not shared out between ranks (not built)
+            raise ValueError("distributed.processes > 1 cannot use distill.sampler_url")
+        if n > self.distill.prompts_per_step:
+            raise ValueError("distributed.processes must not exceed distill.prompts_per_step")
+        return self

@@ -31,6 +31,7 @@ from knowledge.errors import BadInputError
 from knowledge.settings import DistillConfig
 from learner.generation import Message
 from learner.losses import (
+    IGNORE,
     causal_lm_loss,
     importance_sampling_loss,
     mean_reverse_kl,
@@ -42,6 +43,7 @@ from learner.sampling import LocalSampler, SampleBatch, Sampler, position_ids_fo
 from learner.scoring import completion_logprobs
 from learner.teachers import Teacher
 from learner.teachers.privileged import ContextPrompt, Passages, logprobs_with_context
+from learner.world import SINGLE, World
 
 QA_SEQ_LEN = 128  # rows the QA pairs are packed into for the cross-entropy term
 
@@ -53,38 +55,62 @@ def policy_gradient_step(
     batch: SampleBatch,
     advantages_B_T: torch.Tensor,
     extra_loss: Callable[[], torch.Tensor] | None = None,
+    world: World = SINGLE,
 ) -> float:
     """One update with the importance-sampling loss on `batch`'s completion tokens (plus
-    `extra_loss()`, e.g. the QA cross-entropy); returns the policy-gradient loss.
+    `extra_loss()`, e.g. the QA cross-entropy); returns the policy-gradient loss (over all
+    ranks' tokens: each rank passes its share of the step's samples).
 
     OPD's update (advantages from the teacher); bench/restore_cost.py's RL baseline uses it too.
     """
     model.train()
-    mask_B_T = batch.completion_mask_B_T
-    train_lp_B_T = completion_logprobs(
-        model, batch.sequences_B_T, batch.attention_mask_B_T, mask_B_T
-    )
-    loss = importance_sampling_loss(
-        train_lp_B_T, batch.sampler_logprobs_B_T, advantages_B_T, mask_B_T
-    )
     optimizer.zero_grad(set_to_none=True)
-    total = loss + extra_loss() if extra_loss is not None else loss
-    total.backward()
+    n_local = batch.n_completion_tokens
+    weight = world.token_weight(n_local)
+    total = torch.zeros(())
+    loss_value = 0.0
+    if n_local:
+        mask_B_T = batch.completion_mask_B_T
+        train_lp_B_T = completion_logprobs(
+            model, batch.sequences_B_T, batch.attention_mask_B_T, mask_B_T
+        )
+        loss = importance_sampling_loss(
+            train_lp_B_T, batch.sampler_logprobs_B_T, advantages_B_T, mask_B_T
+        )
+        total = loss * weight
+        loss_value = loss.item()
+    if extra_loss is not None:
+        total = total + extra_loss()
+    if total.requires_grad:
+        total.backward()
+    world.average_gradients(params)
     torch.nn.utils.clip_grad_norm_(params, 1.0)
     optimizer.step()
     model.eval()
-    return loss.item()
+    return world.token_mean(loss_value, n_local)
 
 
 def qa_cross_entropy(
-    model: PeftModel, examples: list[Example], n: int, seq_len: int, pad_id: int, rng: random.Random
+    model: PeftModel,
+    examples: list[Example],
+    n: int,
+    seq_len: int,
+    pad_id: int,
+    rng: random.Random,
+    world: World = SINGLE,
 ) -> torch.Tensor:
-    """Mean next-token cross-entropy on `n` QA examples drawn at random (answer tokens only)."""
+    """Mean next-token cross-entropy on `n` QA examples drawn at random (answer tokens only);
+    under several ranks each computes its share of the rows, weighted as in learner/world.py."""
     rows = pack(rng.sample(examples, min(n, len(examples))), seq_len, pad_id, rng.randrange(2**31))
+    rows = rows[world.share(rows.shape[0])]
     ids_B_T, labels_B_T = rows.to(next(model.parameters()).device).unbind(1)
+    n_local = int((labels_B_T[:, 1:] != IGNORE).sum())
+    weight = world.token_weight(n_local)
+    if not n_local:
+        return torch.zeros(())
     attention = torch.ones_like(ids_B_T, dtype=torch.bool)
     logits = model(input_ids=ids_B_T, position_ids=position_ids_for(attention)).logits
-    return causal_lm_loss(logits, labels_B_T)
+    return causal_lm_loss(logits, labels_B_T) * weight
 
 
 def _weighted_qa_loss(
@@ -94,8 +120,9 @@ def _weighted_qa_loss(
     n: int,
     pad_id: int,
     rng: random.Random,
+    world: World,
 ) -> torch.Tensor:
-    return weight * qa_cross_entropy(model, examples, n, QA_SEQ_LEN, pad_id, rng)
+    return weight * qa_cross_entropy(model, examples, n, QA_SEQ_LEN, pad_id, rng, world)
 
 
 def qa_weight(cfg: DistillConfig, step: int) -> float:
@@ -117,8 +144,12 @@ def main(
     progress: bool = True,
     doc_prompts: list[ContextPrompt] | None = None,
     qa_pairs: list[QAPair] | None = None,
+    world: World = SINGLE,
 ) -> dict:
     """Train the model's active adapter in place; returns summary stats.
+
+    Under several ranks (`world`, learner/world.py) every rank draws the same step's prompts,
+    samples and scores its share of them, and the update is the one-process update of all.
 
     With `qa_pairs` and `cfg.qa_ce_weight` > 0 each step also minimises the cross-entropy of
     `cfg.qa_ce_pairs_per_step` of those pairs (the new facts stay while OPD restores behaviour:
@@ -146,6 +177,8 @@ def main(
             docs = rng.sample(doc_prompts, n_doc)
             batch_prompts += [d.messages for d in docs]
             contexts += [d.passages if cfg.privileged_context else None for d in docs]
+        mine = world.share(len(batch_prompts))
+        batch_prompts, contexts = batch_prompts[mine], contexts[mine]
         t0 = time.perf_counter()
         batch = sampler.sample(batch_prompts, cfg.group_size, cfg.temperature, cfg.max_new_tokens)
         t1 = time.perf_counter()
@@ -165,16 +198,20 @@ def main(
         if weight > 0:
             extra = functools.partial(
                 _weighted_qa_loss, weight, model, qa_examples, cfg.qa_ce_pairs_per_step,
-                tokenizer.pad_token_id, rng,
+                tokenizer.pad_token_id, rng, world,
             )  # fmt: skip
-        loss = policy_gradient_step(model, optimizer, params, batch, advantages_B_T, extra)
+        loss = policy_gradient_step(model, optimizer, params, batch, advantages_B_T, extra, world)
         t3 = time.perf_counter()
         timings["sample"] += t1 - t0
         timings["teacher"] += t2 - t1
         timings["update"] += t3 - t2
-        kl = mean_reverse_kl(batch.sampler_logprobs_B_T, teacher_lp_B_T, mask_B_T)
+        kl = world.token_mean(
+            mean_reverse_kl(batch.sampler_logprobs_B_T, teacher_lp_B_T, mask_B_T),
+            batch.n_completion_tokens,
+        )
         kls.append(kl)
-        student_tokens += batch.n_completion_tokens
+        step_tokens = int(world.sum(batch.n_completion_tokens))
+        student_tokens += step_tokens
         bar.set_postfix(
             reverse_kl=f"{kl:.3f}", tok_s=f"{student_tokens / sum(timings.values()):,.0f}"
         )
@@ -185,7 +222,7 @@ def main(
                     "step": step + 1,
                     "reverse_kl": kl,
                     "loss": loss,
-                    "completion_tokens": batch.n_completion_tokens,
+                    "completion_tokens": step_tokens,
                 }
             )
     return {

@@ -32,7 +32,7 @@ from knowledge.errors import BadInputError
 from knowledge.settings import MidtrainConfig
 from learner.anchor import anchor_examples
 from learner.generation import Message, generate_texts
-from learner.losses import anchored_lm_loss, causal_lm_loss
+from learner.losses import IGNORE, anchored_lm_loss, causal_lm_loss
 from learner.packing import (
     Example,
     chat_example,
@@ -44,6 +44,7 @@ from learner.packing import (
 )
 from learner.qa_pairs import QAPair
 from learner.sampling import position_ids_for
+from learner.world import SINGLE, World
 
 
 def sample_background(
@@ -54,12 +55,16 @@ def sample_background(
     cfg: MidtrainConfig,
     seed: int,
     progress: bool = True,
+    world: World = SINGLE,
 ) -> list[Example]:
-    """Answers to chat prompts sampled from the current model until ~target_tokens label tokens."""
+    """Answers to chat prompts sampled from the current model until ~target_tokens label tokens
+    (each rank samples its share of the prompts and of the tokens; every rank gets them all)."""
     if target_tokens <= 0 or not prompts:
         return []
     order = list(prompts)
     random.Random(seed).shuffle(order)
+    order = order[world.share(len(order))]
+    target_tokens = -(-target_tokens // world.size)
     examples: list[Example] = []
     batch = min(32, max(1, target_tokens // 16))
     bar = tqdm(total=target_tokens, desc="background replay", unit="tok", disable=not progress)
@@ -82,7 +87,7 @@ def sample_background(
         if done >= target_tokens:
             break
     bar.close()
-    return examples
+    return world.gather(examples)
 
 
 def _lr_at(step: int, total: int, cfg: MidtrainConfig) -> float:
@@ -105,19 +110,30 @@ def replay_sample(examples: list[Example], budget: int, rng: random.Random) -> l
 
 
 def _batches(
-    examples: list[Example], cfg: MidtrainConfig, pad_id: int, seed: int, device: torch.device
+    examples: list[Example],
+    cfg: MidtrainConfig,
+    pad_id: int,
+    seed: int,
+    device: torch.device,
+    world: World = SINGLE,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, ...] | None]]:
-    """(ids_B_T, labels_B_T, anchor tensors or None) per batch of the packed epoch; the anchors
-    are only laid out when `cfg.anchor_top_k` is on."""
+    """(ids_B_T, labels_B_T, anchor tensors or None) per batch of the packed epoch: this rank's
+    share of each global batch of `cfg.batch_size` rows (possibly no rows). The anchors are only
+    laid out when `cfg.anchor_top_k` is on."""
+
+    def mine(start: int, n: int) -> slice:
+        part = world.share(min(cfg.batch_size, n - start))
+        return slice(start + part.start, start + part.stop)
+
     if not cfg.anchor_top_k:
         rows = pack(examples, cfg.seq_len, pad_id, seed)
         for start in range(0, rows.shape[0], cfg.batch_size):
-            ids_B_T, labels_B_T = rows[start : start + cfg.batch_size].to(device).unbind(1)
+            ids_B_T, labels_B_T = rows[mine(start, rows.shape[0])].to(device).unbind(1)
             yield ids_B_T, labels_B_T, None
         return
     packed = pack_anchored(examples, cfg.seq_len, pad_id, cfg.anchor_top_k, seed)
     for start in range(0, packed.rows_N_2_T.shape[0], cfg.batch_size):
-        batch = slice(start, start + cfg.batch_size)
+        batch = mine(start, packed.rows_N_2_T.shape[0])
         ids_B_T, labels_B_T = packed.rows_N_2_T[batch].to(device).unbind(1)
         anchor = (
             packed.anchor_ids_N_T_K[batch].to(device),
@@ -125,6 +141,14 @@ def _batches(
             packed.anchor_mask_N_T[batch].to(device),
         )
         yield ids_B_T, labels_B_T, anchor
+
+
+def loss_tokens(labels_B_T: torch.Tensor, anchor: tuple[torch.Tensor, ...] | None) -> int:
+    """The tokens a batch's loss averages over (its label tokens, and anchored positions)."""
+    counted_B_T = labels_B_T[:, 1:] != IGNORE
+    if anchor is not None:
+        counted_B_T = counted_B_T | anchor[2][:, :-1].bool()
+    return int(counted_B_T.sum())
 
 
 def main(
@@ -139,8 +163,12 @@ def main(
     qa_pairs: list[QAPair] | None = None,
     replay_documents: list[str] | None = None,
     replay_pairs: list[QAPair] | None = None,
+    world: World = SINGLE,
 ) -> dict:
-    """Train the model's active adapter in place; returns summary stats."""
+    """Train the model's active adapter in place; returns summary stats.
+
+    Under several ranks (`world`, learner/world.py) each trains on its share of every batch and
+    the update is the one-process update of the whole batch."""
     if not documents:
         raise BadInputError("mid-training needs at least one document")
     torch.manual_seed(seed)
@@ -165,11 +193,14 @@ def main(
     chat_target = int(material * (1 - cfg.doc_fraction) / cfg.doc_fraction)
     t0 = time.perf_counter()
     chat_examples = sample_background(
-        model, tokenizer, chat_prompts, chat_target, cfg, seed, progress
+        model, tokenizer, chat_prompts, chat_target, cfg, seed, progress, world
     )
-    if cfg.anchor_top_k:
-        chat_examples = anchor_examples(
-            model, chat_examples, cfg.anchor_top_k, tokenizer.pad_token_id, progress=progress
+    if cfg.anchor_top_k:  # each rank anchors its share
+        mine = chat_examples[world.share(len(chat_examples))]
+        chat_examples = world.gather(
+            anchor_examples(
+                model, mine, cfg.anchor_top_k, tokenizer.pad_token_id, progress=progress
+            )
         )
     sample_seconds = time.perf_counter() - t0
     fixed = doc_examples + qa_examples + chat_examples
@@ -191,23 +222,29 @@ def main(
     t_train = time.perf_counter()
     bar = tqdm(total=total_steps, desc="mid-train", unit="step", disable=not progress)
     for epoch, examples in enumerate(epochs):
-        batches = _batches(examples, cfg, tokenizer.pad_token_id, seed + epoch, device)
+        batches = _batches(examples, cfg, tokenizer.pad_token_id, seed + epoch, device, world)
         for ids_B_T, labels_B_T, anchor in batches:
             for group in optimizer.param_groups:
                 group["lr"] = _lr_at(step, total_steps, cfg)
-            attention = torch.ones_like(ids_B_T, dtype=torch.bool)
-            logits = model(input_ids=ids_B_T, position_ids=position_ids_for(attention)).logits
-            if anchor is None:
-                loss = causal_lm_loss(logits, labels_B_T)
-            else:
-                loss = anchored_lm_loss(logits, labels_B_T, *anchor)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            n_local = loss_tokens(labels_B_T, anchor) if ids_B_T.shape[0] else 0
+            weight = world.token_weight(n_local)
+            loss_value = 0.0
+            if n_local:  # a rank's share of the last batch may be empty
+                attention = torch.ones_like(ids_B_T, dtype=torch.bool)
+                logits = model(input_ids=ids_B_T, position_ids=position_ids_for(attention)).logits
+                if anchor is None:
+                    loss = causal_lm_loss(logits, labels_B_T)
+                else:
+                    loss = anchored_lm_loss(logits, labels_B_T, *anchor)
+                (loss * weight).backward()
+                loss_value = loss.item()
+            world.average_gradients(params)
             torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
             optimizer.step()
             step += 1
-            tokens_seen += ids_B_T.numel()
-            last_loss = loss.item()
+            tokens_seen += int(world.sum(ids_B_T.numel()))
+            last_loss = world.token_mean(loss_value, n_local)
             rate = tokens_seen / max(1e-9, time.perf_counter() - t_train)
             bar.set_postfix(epoch=epoch + 1, loss=f"{last_loss:.3f}", tok_s=f"{rate:,.0f}")
             bar.update(1)

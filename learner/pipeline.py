@@ -20,7 +20,6 @@ import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import httpx
 from peft import LoraConfig, PeftModel, get_peft_model
@@ -33,6 +32,7 @@ from knowledge.settings import Settings, dump_settings
 from knowledge.store import KnowledgeStore
 from knowledge.tables import utcnow
 from learner import distill, midtrain
+from learner.data_parallel import launch
 from learner.datasets import eligible_documents, training_prompts
 from learner.doc_questions import doc_question_prompts, eval_questions, teacher_writer
 from learner.evals.evaluate import evaluate_model
@@ -259,38 +259,46 @@ def _cycle(
                         base = _evaluate(settings, model, tokenizer, sets, progress, store)
                 run.metric({"stage": "evaluate_before", "served": before, "base": base})
 
+            ranks = settings.learner.distributed.processes  # learner/data_parallel.py when > 1
             with run.stage("midtrain"):
                 pairs = document_pairs(settings, store, new_docs + earlier_docs, exclude, write)
                 new_pairs = [p for d in new_docs for p in pairs[d.id]]
-                mid = midtrain.main(
-                    model,
-                    tokenizer,
-                    documents,
-                    prompts.chat,
-                    settings.learner.midtrain,
-                    settings.learner.seed,
-                    run.metric,
-                    progress,
-                    qa_pairs=new_pairs,
-                    replay_documents=[store.document_text(d.id) for d in earlier_docs]
+                mid_inputs = {
+                    "documents": documents,
+                    "chat_prompts": prompts.chat,
+                    "qa_pairs": new_pairs,
+                    "replay_documents": [store.document_text(d.id) for d in earlier_docs]
                     + prompts.documents,
-                    replay_pairs=[p for d in earlier_docs for p in pairs[d.id]],
-                )
+                    "replay_pairs": [p for d in earlier_docs for p in pairs[d.id]],
+                }
+                if ranks > 1:
+                    mid = launch(
+                        settings, "midtrain", model, mid_inputs, run.dir / "ranks", run.metric
+                    )
+                else:
+                    mid = midtrain.main(
+                        model, tokenizer, cfg=settings.learner.midtrain, seed=settings.learner.seed,
+                        log=run.metric, progress=progress, **mid_inputs,
+                    )  # fmt: skip
 
-            with run.stage("distill"), opd_sampler(settings, model, tokenizer, run.dir) as sampler:
-                opd = distill.main(
-                    model,
-                    tokenizer,
-                    teacher,
-                    opd_prompts,
-                    settings.learner.distill,
-                    settings.learner.seed,
-                    sampler=sampler,
-                    log=run.metric,
-                    progress=progress,
-                    doc_prompts=doc_question_prompts(settings, store, new_pairs),
-                    qa_pairs=new_pairs if settings.learner.midtrain.qa_pairs else [],
-                )
+            with run.stage("distill"):
+                opd_inputs = {
+                    "prompts": opd_prompts,
+                    "doc_prompts": doc_question_prompts(settings, store, new_pairs),
+                    "qa_pairs": new_pairs if settings.learner.midtrain.qa_pairs else [],
+                }
+                if ranks > 1:  # each rank opens the same teacher (served, served_dir)
+                    opd = launch(
+                        settings, "distill", model, opd_inputs, run.dir / "ranks", run.metric,
+                        served, served_dir,
+                    )  # fmt: skip
+                else:
+                    with opd_sampler(settings, model, tokenizer, run.dir) as sampler:
+                        opd = distill.main(
+                            model, tokenizer, teacher, cfg=settings.learner.distill,
+                            seed=settings.learner.seed, sampler=sampler, log=run.metric,
+                            progress=progress, **opd_inputs,
+                        )  # fmt: skip
 
         with run.stage("evaluate"):
             after = _evaluate(settings, model, tokenizer, sets, progress, store)
@@ -367,7 +375,3 @@ def _trainable_student(settings: Settings, registry: Registry, served: str, path
         task_type="CAUSAL_LM",
     )
     return get_peft_model(base_model, config)
-
-
-def runs_dir_of(settings: Settings, run_id: int) -> Path:
-    return settings.runs_dir / f"{run_id:05d}"
