@@ -169,6 +169,10 @@ class EvalConfig(_Section):
     written_items_per_document: int = Field(default=16, ge=1, le=1000)
     """Most eval items the teacher writes per new document version (one per chunk, the chunks
     spread over the document), so eval time grows with documents, not with their length."""
+    max_earlier_items: int = Field(default=1000, ge=1)
+    """Most QA (and cloze) items of earlier sets scored per evaluation, drawn at random with a
+    fixed seed, so the eval cost stops growing as nights add up (this cycle's new sets are always
+    scored whole; 1000 items: a standard error of at most ~1.6 points)."""
     ifeval_file: str | None = None
     """IFEval JSONL {"key", "prompt", "instruction_id_list", "kwargs"}. Unset: the sandbox's
     held-out set, or outside it the shipped company set (learner/evals/data)."""

@@ -10,6 +10,7 @@ documents (learner/evals/written.py) and the shipped IFEval-format set
 from __future__ import annotations
 
 import json
+import random
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from knowledge.errors import ConfigError, NothingToTrainError
 from knowledge.settings import Settings
 from learner.evals.company_ifeval import SHIPPED as COMPANY_IFEVAL
+from learner.evals.qa import set_of
 from learner.generation import Message
 from learner.sandbox.manifest import SandboxManifest, load_manifest, sandbox_root
 
@@ -139,7 +141,7 @@ def eval_sets(
         _configured(cfg.ifeval_file, "IFEval"),
         _configured(cfg.known_qa_file, "known-QA eval"),
     )
-    qa_text: list[str] = []
+    qa_rows: list[dict[str, Any]] = []
     if uses_sandbox(settings):
         manifest = sandbox_manifest(settings)
 
@@ -151,27 +153,42 @@ def eval_sets(
 
         days = days_with(document_names)
         if sets.qa_file is None and days:
-            qa_text += [d.qa_file.read_text() for d in days]
+            qa_rows += [r for d in days for r in read_jsonl(d.qa_file)]
             sets.new_sets = {d.name for d in days_with(new_names)}
             clozes = [d.cloze_file for d in days if d.cloze_file]
             if clozes:
                 workdir.mkdir(parents=True, exist_ok=True)
                 sets.cloze_file = workdir / "cloze_eval.jsonl"
-                sets.cloze_file.write_text("".join(p.read_text() for p in clozes))
+                rows = [r for p in clozes for r in read_jsonl(p)]
+                rows = cap_earlier(rows, sets.new_sets, cfg.max_earlier_items)
+                sets.cloze_file.write_text("".join(json.dumps(r) + "\n" for r in rows))
         sets.ifeval_file = sets.ifeval_file or manifest.days[0].ifeval_file
         sets.known_qa_file = sets.known_qa_file or manifest.known_qa_file
         sets.incontext_qa_file = manifest.incontext_qa_file
     else:
         sets.ifeval_file = sets.ifeval_file or COMPANY_IFEVAL  # the shipped set
     if sets.qa_file is None and written:
-        qa_text.append("".join(json.dumps(row) + "\n" for row in written))
+        qa_rows += written
         new_ids = set(new_document_ids)
         sets.new_sets |= {row["set"] for row in written if row["doc"] in new_ids}
-    if qa_text:
+    if qa_rows:
         workdir.mkdir(parents=True, exist_ok=True)
         sets.qa_file = workdir / "qa_eval.jsonl"
-        sets.qa_file.write_text("".join(qa_text))
+        rows = cap_earlier(qa_rows, sets.new_sets, cfg.max_earlier_items)
+        sets.qa_file.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return sets
+
+
+def cap_earlier(
+    rows: list[dict[str, Any]], new_sets: Collection[str], cap: int, seed: int = 0
+) -> list[dict[str, Any]]:
+    """`rows` with at most `cap` of the rows outside `new_sets`, drawn at random (fixed seed),
+    in their original order; the new sets' rows are all kept."""
+    earlier = [i for i, row in enumerate(rows) if set_of(row) not in new_sets]
+    if len(earlier) <= cap:
+        return rows
+    dropped = set(earlier) - set(random.Random(seed).sample(earlier, cap))
+    return [row for i, row in enumerate(rows) if i not in dropped]
 
 
 def conversation_prompts(settings: Settings) -> list[list[Message]]:

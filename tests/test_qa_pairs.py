@@ -165,3 +165,24 @@ def test_cycle_trains_on_pairs_and_distills_with_privileged_doc_questions(day1_s
     for scores in (result.after, result.before):  # open-book QA next to closed-book
         assert 0.0 <= scores["qa_open_book"] <= 1.0
         assert 0.0 <= scores["qa_closed_book"] <= 1.0
+
+
+def test_earlier_sets_are_capped_and_new_sets_scored_whole(sandbox_test, tmp_path):
+    """Night 3's evals: day 3 whole, days 1-2 sampled down to `max_earlier_items` (the cost of
+    an evaluation stops growing with the nights)."""
+    settings = tiny_settings(tmp_path, sandbox_test)
+    names = [p.name for d in sandbox_test.days for p in d.documents_dir.glob("*.md")]
+    new = [p.name for p in sandbox_test.days[2].documents_dir.glob("*.md")]
+    full = read_jsonl(eval_sets(settings, names, tmp_path / "full", new).qa_file)
+    earlier = [r for r in full if r["set"] != "day3"]
+    assert len(earlier) > 10
+    settings.learner.eval.max_earlier_items = 10
+    capped_sets = eval_sets(settings, names, tmp_path / "capped", new)
+    capped = read_jsonl(capped_sets.qa_file)
+    assert [r for r in capped if r["set"] == "day3"] == [r for r in full if r["set"] == "day3"]
+    kept = [r for r in capped if r["set"] != "day3"]
+    assert len(kept) == 10 and all(r in earlier for r in kept)
+    again = read_jsonl(eval_sets(settings, names, tmp_path / "again", new).qa_file)
+    assert [r for r in again if r["set"] != "day3"] == kept  # the same draw every time
+    cloze = read_jsonl(capped_sets.cloze_file)
+    assert sum(r["set"] != "day3" for r in cloze) == 10
