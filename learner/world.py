@@ -27,6 +27,7 @@ T = TypeVar("T")
 class World:
     rank: int = 0
     size: int = 1
+    device: str = "cpu"  # where the collectives' scalars live: NCCL only moves CUDA tensors
 
     @property
     def is_main(self) -> bool:
@@ -43,7 +44,7 @@ class World:
         """`value` summed over the ranks."""
         if self.size == 1:
             return value
-        total = torch.tensor([float(value)], dtype=torch.float64)
+        total = torch.tensor([float(value)], dtype=torch.float64, device=self.device)
         dist.all_reduce(total)
         return float(total.item())
 
@@ -91,5 +92,7 @@ SINGLE = World()
 def current_world() -> World:
     """The ranks torch.distributed was initialised with (by accelerate), else SINGLE."""
     if dist.is_available() and dist.is_initialized():
-        return World(dist.get_rank(), dist.get_world_size())
+        nccl = dist.get_backend() == "nccl"
+        device = f"cuda:{torch.cuda.current_device()}" if nccl else "cpu"
+        return World(dist.get_rank(), dist.get_world_size(), device)
     return SINGLE
