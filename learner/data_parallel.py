@@ -27,7 +27,6 @@ import subprocess
 import sys
 import traceback
 from collections.abc import Callable
-from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -138,15 +137,10 @@ def _rank_main(job_dir: Path) -> None:
             **spec["inputs"],
         }
         if spec["recipe"] == "midtrain":
-            teacher_block = nullcontext(None)
+            stats = midtrain.main(model, tokenizer, cfg=settings.learner.midtrain, **common)
         else:
-            teacher_block = cycle_teacher(
-                settings, model, tokenizer, device, spec["served"], spec["served_dir"]
-            )
-        with teacher_block as teacher:
-            if spec["recipe"] == "midtrain":
-                stats = midtrain.main(model, tokenizer, cfg=settings.learner.midtrain, **common)
-            else:
+            served, served_dir = spec["served"], spec["served_dir"]
+            with cycle_teacher(settings, model, tokenizer, device, served, served_dir) as teacher:
                 stats = distill.main(
                     model, tokenizer, teacher, cfg=settings.learner.distill, **common
                 )

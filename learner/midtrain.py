@@ -227,7 +227,7 @@ def main(
             for group in optimizer.param_groups:
                 group["lr"] = _lr_at(step, total_steps, cfg)
             optimizer.zero_grad(set_to_none=True)
-            n_local = loss_tokens(labels_B_T, anchor) if ids_B_T.shape[0] else 0
+            n_local = loss_tokens(labels_B_T, anchor)
             weight = world.token_weight(n_local)
             loss_value = 0.0
             if n_local:  # a rank's share of the last batch may be empty
