@@ -44,6 +44,10 @@ class MidtrainConfig(_Section):
     qa_pairs: bool = True
     """Train on question/answer pairs of the new documents' facts (learner/qa_pairs.py: the
     sandbox's training phrasings, else pairs the teacher writes from each chunk)."""
+    formatted_share: float = Field(0.0, ge=0, le=1)
+    """Share of the QA pairs (new and replayed) that also get a twin with a format instruction
+    (lowercase, JSON, end phrase, ...) and the response rewritten to follow it
+    (learner/formatted_pairs.py), so the facts are learned under instructions too."""
     replay_ratio: float = Field(0.5, ge=0)
     """Earlier documents and QA pairs replayed, in tokens per new token, drawn afresh each
     epoch."""
@@ -53,14 +57,16 @@ class MidtrainConfig(_Section):
     """Passes over the night's material (replay and background drawn afresh for each)."""
     lr: float = 3e-3
     """Peak AdamW learning rate: linear warmup, then cosine decay to a tenth of it."""
-    seq_len: int = 128
-    """Tokens per packed training row."""
-    batch_size: int = 16
+    seq_len: int = 256
+    """Tokens per packed training row; whole examples are packed (one never straddles two rows),
+    so a row must hold the longest chat with its prompt."""
+    batch_size: int = 8
     """Packed rows per optimizer step."""
     warmup_steps: int = 10
     """Optimizer steps of linear learning-rate warmup."""
-    background_max_new_tokens: int = 48
-    """Longest background chat answer sampled from the model, in tokens."""
+    background_max_new_tokens: int = 96
+    """Longest background chat answer sampled from the model, in tokens; answers cut off there
+    are left out."""
     background_temperature: float = Field(0.0, ge=0)
     """Sampling temperature of the background answers; 0 = greedy: the background replays what
     the model answers now (its knowledge), not samples that are wrong more often than it is."""
@@ -90,8 +96,9 @@ class DistillConfig(_Section):
     """Prompts sampled per step."""
     group_size: int = 4
     """Answers the student samples per prompt."""
-    max_new_tokens: int = 48
-    """Longest sampled answer, in tokens."""
+    max_new_tokens: int = 64
+    """Longest sampled answer, in tokens (the eval's length: an answer cut off sooner never
+    teaches its ending, e.g. an end phrase)."""
     temperature: float = 1.0
     """Temperature the student samples its answers at."""
     lr: float = 1e-3

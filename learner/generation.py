@@ -48,7 +48,6 @@ def complete_texts(
     return [text.strip() for text in outputs]
 
 
-@torch.no_grad()
 def generate_texts(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -59,7 +58,25 @@ def generate_texts(
     progress: object | None = None,
 ) -> list[str]:
     """Greedy (temperature 0) or sampled completions, one string per conversation."""
-    outputs: list[str] = []
+    completions = generate_completions(
+        model, tokenizer, conversations, max_new_tokens, temperature, batch_size, progress
+    )
+    return [text for text, _ in completions]
+
+
+@torch.no_grad()
+def generate_completions(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    conversations: list[list[Message]],
+    max_new_tokens: int,
+    temperature: float = 0.0,
+    batch_size: int = 32,
+    progress: object | None = None,
+) -> list[tuple[str, bool]]:
+    """(text, finished) per conversation: `finished` is False where the answer was cut off at
+    `max_new_tokens` before the model ended its turn."""
+    outputs: list[tuple[str, bool]] = []
     device = next(model.parameters()).device
     stops = stop_token_ids(tokenizer)
     for start in range(0, len(conversations), batch_size):
@@ -77,7 +94,9 @@ def generate_texts(
             **(sampling if temperature > 0 else {"do_sample": False}),
         )
         new_tokens = out[:, enc["input_ids"].shape[1] :]
-        outputs.extend(tokenizer.batch_decode(new_tokens, skip_special_tokens=True))
+        finished = torch.isin(new_tokens, torch.tensor(stops, device=new_tokens.device)).any(1)
+        texts = tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+        outputs.extend((t.strip(), bool(f)) for t, f in zip(texts, finished.tolist(), strict=True))
         if progress is not None:
             progress.update(len(batch))
-    return [text.strip() for text in outputs]
+    return outputs

@@ -31,7 +31,8 @@ from transformers import PreTrainedTokenizerBase
 from knowledge.errors import BadInputError
 from knowledge.settings import MidtrainConfig
 from learner.anchor import anchor_examples
-from learner.generation import Message, generate_texts
+from learner.formatted_pairs import formatted_twins
+from learner.generation import Message, generate_completions
 from learner.losses import IGNORE, anchored_lm_loss, causal_lm_loss
 from learner.packing import (
     Example,
@@ -57,8 +58,9 @@ def sample_background(
     progress: bool = True,
     world: World = SINGLE,
 ) -> list[Example]:
-    """Answers to chat prompts sampled from the current model until ~target_tokens label tokens
-    (each rank samples its share of the prompts and of the tokens; every rank gets them all)."""
+    """Answers to chat prompts sampled from the current model until ~target_tokens label tokens,
+    finished answers only (each rank samples its share of the prompts and of the tokens; every
+    rank gets them all)."""
     if target_tokens <= 0 or not prompts:
         return []
     order = list(prompts)
@@ -70,7 +72,7 @@ def sample_background(
     bar = tqdm(total=target_tokens, desc="background replay", unit="tok", disable=not progress)
     for start in range(0, len(order), batch):
         chunk = order[start : start + batch]
-        answers = generate_texts(
+        answers = generate_completions(
             model,
             tokenizer,
             chunk,
@@ -79,8 +81,10 @@ def sample_background(
             batch,
         )
         done = n_label_tokens(examples)
-        for messages, answer in zip(chunk, answers, strict=True):
-            if answer and done < target_tokens:
+        for messages, (answer, finished) in zip(chunk, answers, strict=True):
+            # A cut-off answer is left out: trained with its end-of-turn, it would teach the
+            # model to stop early (before an end phrase or a postscript the prompt asked for).
+            if answer and finished and done < target_tokens:
                 examples.append(chat_example(tokenizer, messages, answer))
                 done += n_label_tokens(examples[-1:])
         bar.update(done - bar.n)
@@ -88,6 +92,11 @@ def sample_background(
             break
     bar.close()
     return world.gather(examples)
+
+
+def with_twins(pairs: list[QAPair], cfg: MidtrainConfig, seed: int) -> list[QAPair]:
+    """`pairs` and the formatted twins of `cfg.formatted_share` of them (learner/formatted_pairs.py)."""
+    return pairs + formatted_twins(pairs, cfg.formatted_share, random.Random(f"twins-{seed}"))
 
 
 def _lr_at(step: int, total: int, cfg: MidtrainConfig) -> float:
@@ -174,10 +183,10 @@ def main(
     torch.manual_seed(seed)
     rng = random.Random(seed)
     doc_examples = [document_example(tokenizer, text) for text in documents]
-    pairs = qa_pairs if cfg.qa_pairs and qa_pairs else []
+    pairs = with_twins(qa_pairs if cfg.qa_pairs and qa_pairs else [], cfg, seed)
     qa_examples = [chat_example(tokenizer, p.messages(), p.response) for p in pairs]
     old_docs = [document_example(tokenizer, t) for t in replay_documents or []]
-    old_pairs = replay_pairs if cfg.qa_pairs and replay_pairs else []
+    old_pairs = with_twins(replay_pairs if cfg.qa_pairs and replay_pairs else [], cfg, seed)
     old_qa = [chat_example(tokenizer, p.messages(), p.response) for p in old_pairs]
     doc_tokens, qa_tokens = n_label_tokens(doc_examples), n_label_tokens(qa_examples)
     # Replay budgets, in the new material's proportions, capped so old nights stay cheap.

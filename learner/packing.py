@@ -1,8 +1,8 @@
 """Turning documents and chats into packed, prompt-masked training rows.
 
 A document contributes every token as a label; a chat contributes labels only on its assistant
-turn (prompt tokens masked with IGNORE). Examples are packed back to back into rows of
-`seq_len` tokens so no compute is spent on padding.
+turn (prompt tokens masked with IGNORE). Whole examples are packed into rows of `seq_len` tokens
+(first fit, little padding); an example never straddles two rows.
 """
 
 from __future__ import annotations
@@ -64,54 +64,84 @@ def _shuffled(examples: list[Example], seed: int) -> list[Example]:
     return order
 
 
+Segment = tuple[int, int, int]  # (example index in the order, first token, end token)
+
+
+def _pieces(example: Example, seq_len: int) -> list[tuple[int, int]]:
+    """(start, end) token ranges of one example that each fit a row. A document (every token a
+    label) longer than a row is cut into row-sized pieces; a chat longer than a row keeps its last
+    `seq_len` tokens, so its answer still sees as much of its prompt as fits."""
+    n = len(example.input_ids)
+    if n <= seq_len:
+        return [(0, n)]
+    if IGNORE not in example.labels:
+        return [(i, min(n, i + seq_len)) for i in range(0, n, seq_len)]
+    return [(n - seq_len, n)]
+
+
+def placement(order: list[Example], seq_len: int, open_rows: int = 8) -> list[list[Segment]]:
+    """Rows of whole example pieces, first fit over a few open rows (little padding).
+
+    An example is never split across two rows: split, a chat's answer would be trained in a row
+    that does not hold its question or instruction (teaching the model to say the answer, or a
+    formatted reply, unprompted), which is what the base was never trained on either."""
+    rows: list[tuple[int, list[Segment]]] = []  # (used tokens, segments) of the open rows
+    done: list[list[Segment]] = []
+    for index, example in enumerate(order):
+        for start, end in _pieces(example, seq_len):
+            size = end - start
+            slot = next((k for k, (used, _) in enumerate(rows) if used + size <= seq_len), None)
+            if slot is None:
+                if len(rows) >= open_rows:  # close the fullest row
+                    rows.sort(key=lambda r: r[0])
+                    done.append(rows.pop()[1])
+                rows.append((0, []))
+                slot = len(rows) - 1
+            used, segments = rows[slot]
+            segments.append((index, start, end))
+            rows[slot] = (used + size, segments)
+    done.extend(segments for _, segments in rows)
+    return done or [[]]
+
+
 def pack(examples: list[Example], seq_len: int, pad_id: int, seed: int = 0) -> torch.Tensor:
-    """Shuffle and pack into [N, 2, seq_len] (input ids, labels); long examples are split."""
-    return _pack_ordered(_shuffled(examples, seed), seq_len, pad_id)
+    """Shuffle and pack whole examples into [N, 2, seq_len] (input ids, labels); see `placement`."""
+    order = _shuffled(examples, seed)
+    return _rows(order, placement(order, seq_len), seq_len, pad_id)
 
 
 def pack_anchored(
     examples: list[Example], seq_len: int, pad_id: int, k: int, seed: int = 0
 ) -> AnchoredRows:
-    """`pack` (same order for the same seed), with each example's anchor at its tokens."""
+    """`pack` (same rows for the same seed), with each example's anchor at its tokens."""
     order = _shuffled(examples, seed)
-    rows = _pack_ordered(order, seq_len, pad_id)
-    n_rows = rows.shape[0]
-    ids, logprobs, masks = [], [], []
-    for ex in order:
-        length = len(ex.input_ids)
-        if ex.anchor is None:
-            ids.append(torch.zeros(length, k, dtype=torch.int32))
-            logprobs.append(torch.zeros(length, k))
-            masks.append(torch.zeros(length, dtype=torch.bool))
-        else:
-            ids.append(ex.anchor.ids_L_K.to(torch.int32))
-            logprobs.append(ex.anchor.logprobs_L_K.float())
-            masks.append(ex.anchor.mask_L.bool())
-    pad = n_rows * seq_len - sum(len(m) for m in masks)
-    ids.append(torch.zeros(pad, k, dtype=torch.int32))
-    logprobs.append(torch.zeros(pad, k))
-    masks.append(torch.zeros(pad, dtype=torch.bool))
-    return AnchoredRows(
-        rows,
-        torch.cat(ids).view(n_rows, seq_len, k),
-        torch.cat(logprobs).view(n_rows, seq_len, k),
-        torch.cat(masks).view(n_rows, seq_len),
-    )
+    rows = placement(order, seq_len)
+    ids_N_T_K = torch.zeros(len(rows), seq_len, k, dtype=torch.int32)
+    logprobs_N_T_K = torch.zeros(len(rows), seq_len, k)
+    mask_N_T = torch.zeros(len(rows), seq_len, dtype=torch.bool)
+    for r, segments in enumerate(rows):
+        at = 0
+        for index, start, end in segments:
+            anchor = order[index].anchor
+            if anchor is not None:
+                ids_N_T_K[r, at : at + end - start] = anchor.ids_L_K[start:end].to(torch.int32)
+                logprobs_N_T_K[r, at : at + end - start] = anchor.logprobs_L_K[start:end].float()
+                mask_N_T[r, at : at + end - start] = anchor.mask_L[start:end].bool()
+            at += end - start
+    return AnchoredRows(_rows(order, rows, seq_len, pad_id), ids_N_T_K, logprobs_N_T_K, mask_N_T)
 
 
-def _pack_ordered(order: list[Example], seq_len: int, pad_id: int) -> torch.Tensor:
-    ids: list[int] = []
-    labels: list[int] = []
-    for ex in order:
-        ids.extend(ex.input_ids)
-        labels.extend(ex.labels)
-    n_rows = max(1, -(-len(ids) // seq_len))
-    total = n_rows * seq_len
-    ids.extend([pad_id] * (total - len(ids)))
-    labels.extend([IGNORE] * (total - len(labels)))
-    ids_N_T = torch.tensor(ids).view(n_rows, seq_len)
-    labels_N_T = torch.tensor(labels).view(n_rows, seq_len)
-    return torch.stack([ids_N_T, labels_N_T], dim=1)
+def _rows(
+    order: list[Example], rows: list[list[Segment]], seq_len: int, pad_id: int
+) -> torch.Tensor:
+    out_N_2_T = torch.full((len(rows), 2, seq_len), IGNORE, dtype=torch.long)
+    out_N_2_T[:, 0] = pad_id
+    for r, segments in enumerate(rows):
+        ids = [t for i, a, b in segments for t in order[i].input_ids[a:b]]
+        labels = [t for i, a, b in segments for t in order[i].labels[a:b]]
+        out_N_2_T[r, 0, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+        out_N_2_T[r, 1, : len(labels)] = torch.tensor(labels, dtype=torch.long)
+    return out_N_2_T
 
 
 def n_label_tokens(examples: list[Example]) -> int:

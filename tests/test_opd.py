@@ -127,9 +127,30 @@ def test_opd_pulls_the_student_toward_the_teacher(tiny):
     assert stats["distill_student_tokens"] > 0
 
 
-def test_midtrain_lowers_document_loss(tiny):
+def _finished_answers(model, tokenizer, conversations, *args, **kwargs):
+    """The random tiny model never ends its turn: stand in finished background answers."""
+    return [("hello there", True) for _ in conversations]
+
+
+def test_background_keeps_only_finished_answers(tiny, monkeypatch):
     out, tok = tiny
     model = _student(out)
+    answers = iter([("cut off in the midd", False), ("a whole answer", True), ("", True)])
+    monkeypatch.setattr(
+        midtrain,
+        "generate_completions",
+        lambda m, t, convs, *a, **k: [next(answers) for _ in convs],
+    )
+    cfg = MidtrainConfig()
+    examples = midtrain.sample_background(model, tok, PROMPTS, 1000, cfg, seed=0, progress=False)
+    assert len(examples) == 1
+    assert tok.decode(examples[0].input_ids).endswith("a whole answer<|im_end|>\n")
+
+
+def test_midtrain_lowers_document_loss(tiny, monkeypatch):
+    out, tok = tiny
+    model = _student(out)
+    monkeypatch.setattr(midtrain, "generate_completions", _finished_answers)
     doc = "Ada Park works in the Berlin office and leads Project Falcon."
     ids = torch.tensor([tok.encode(doc)])
     with torch.no_grad():
@@ -165,8 +186,9 @@ def test_anchor_targets_are_the_start_models_next_token_distribution(tiny):
         assert ex.anchor.mask_L[:-1].tolist() == (labels[1:] != -100).tolist()
         assert not ex.anchor.mask_L[-1]
     docs = [document_example(tok, TEXTS[0]) for _ in range(3)]
-    packed = pack_anchored(docs + anchored, 16, tok.pad_token_id, k=4, seed=5)
-    assert torch.equal(packed.rows_N_2_T, pack(docs + anchored, 16, tok.pad_token_id, seed=5))
+    seq = max(len(ex.input_ids) for ex in anchored)  # whole chats fit a row
+    packed = pack_anchored(docs + anchored, seq, tok.pad_token_id, k=4, seed=5)
+    assert torch.equal(packed.rows_N_2_T, pack(docs + anchored, seq, tok.pad_token_id, seed=5))
     assert packed.anchor_mask_N_T.sum() == sum(int(ex.anchor.mask_L.sum()) for ex in anchored)
     flat_ids = packed.rows_N_2_T[:, 0].reshape(-1)
     flat_top1 = packed.anchor_ids_N_T_K[..., 0].reshape(-1)

@@ -94,7 +94,7 @@ SIZE_CONFIGS: dict[str, SizeConfig] = {
         n_opd=1000,
     ),
 }
-DATA_VERSION = 6  # bump when the world / chat data recipe changes (invalidates cached builds)
+DATA_VERSION = 7  # bump when the world / chat data recipe changes (invalidates cached builds)
 AVG_CHAT_TOKENS = 70  # measured mean length of a training chat (sizes the generated set)
 
 

@@ -95,8 +95,9 @@ def ifeval_items(
 
 
 def prompt_messages(chats: list[list[Message]]) -> list[dict[str, list[Message]]]:
-    """Drop the assistant turn: {"messages": [...]} prompts for sampling."""
-    return [{"messages": [m for m in c if m["role"] != "assistant"]} for c in chats]
+    """Drop the final assistant turn: {"messages": [...]} prompts for sampling (a multi-turn
+    chat keeps its earlier answers, so it never becomes consecutive user turns)."""
+    return [{"messages": c[:-1] if c and c[-1]["role"] == "assistant" else c} for c in chats]
 
 
 def chat_prompts(world: w.World, rng: random.Random, n: int) -> list[dict[str, list[Message]]]:
