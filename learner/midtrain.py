@@ -57,17 +57,18 @@ def sample_background(
     seed: int,
     progress: bool = True,
     world: World = SINGLE,
-) -> list[Example]:
+) -> tuple[list[Example], int]:
     """Answers to chat prompts sampled from the current model until ~target_tokens label tokens,
-    finished answers only (each rank samples its share of the prompts and of the tokens; every
-    rank gets them all)."""
+    finished answers only, and how many answers were cut off (each rank samples its share of the
+    prompts and of the tokens; every rank gets all the examples, the count is this rank's)."""
     if target_tokens <= 0 or not prompts:
-        return []
+        return [], 0
     order = list(prompts)
     random.Random(seed).shuffle(order)
     order = order[world.share(len(order))]
     target_tokens = -(-target_tokens // world.size)
     examples: list[Example] = []
+    cut_off = 0
     batch = min(32, max(1, target_tokens // 16))
     bar = tqdm(total=target_tokens, desc="background replay", unit="tok", disable=not progress)
     for start in range(0, len(order), batch):
@@ -81,6 +82,7 @@ def sample_background(
             batch,
         )
         done = n_label_tokens(examples)
+        cut_off += sum(not finished for _, finished in answers)
         for messages, (answer, finished) in zip(chunk, answers, strict=True):
             # A cut-off answer is left out: trained with its end-of-turn, it would teach the
             # model to stop early (before an end phrase or a postscript the prompt asked for).
@@ -91,7 +93,7 @@ def sample_background(
         if done >= target_tokens:
             break
     bar.close()
-    return world.gather(examples)
+    return world.gather(examples), cut_off
 
 
 def with_twins(pairs: list[QAPair], cfg: MidtrainConfig, seed: int) -> list[QAPair]:
@@ -201,7 +203,7 @@ def main(
     material = doc_tokens + qa_tokens + replay_tokens
     chat_target = int(material * (1 - cfg.doc_fraction) / cfg.doc_fraction)
     t0 = time.perf_counter()
-    chat_examples = sample_background(
+    chat_examples, cut_off = sample_background(
         model, tokenizer, chat_prompts, chat_target, cfg, seed, progress, world
     )
     if cfg.anchor_top_k:  # each rank anchors its share
@@ -270,6 +272,7 @@ def main(
         "midtrain_qa_tokens": qa_tokens,
         "midtrain_replay_tokens_per_epoch": replay_tokens,
         "midtrain_chat_tokens": n_label_tokens(chat_examples),
+        "midtrain_chat_cut_off": cut_off,
         "midtrain_tokens_seen": tokens_seen,
         "midtrain_sample_seconds": round(sample_seconds, 2),
         "midtrain_train_seconds": round(train_seconds, 2),

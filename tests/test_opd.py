@@ -142,8 +142,10 @@ def test_background_keeps_only_finished_answers(tiny, monkeypatch):
         lambda m, t, convs, *a, **k: [next(answers) for _ in convs],
     )
     cfg = MidtrainConfig()
-    examples = midtrain.sample_background(model, tok, PROMPTS, 1000, cfg, seed=0, progress=False)
-    assert len(examples) == 1
+    examples, cut_off = midtrain.sample_background(
+        model, tok, PROMPTS, 1000, cfg, seed=0, progress=False
+    )
+    assert len(examples) == 1 and cut_off == 1
     assert tok.decode(examples[0].input_ids).endswith("a whole answer<|im_end|>\n")
 
 
