@@ -10,7 +10,8 @@ pairs, replay of earlier documents and pairs, and re-sampled background chat.
   teaches "keep behaving as you do" rather than some other model's style; documents and pairs
   (new and replayed) are `cfg.doc_fraction` of the label tokens, chat the rest.
 
-Prompt tokens are masked; rows are packed.
+Prompt tokens are masked; whole examples are packed into rows (learner/packing.py: a chat's
+answer is never trained in a row without its prompt).
 
     stats = main(peft_model, tokenizer, documents, chat_prompts, settings.learner.midtrain,
                   qa_pairs=pairs, replay_documents=old_docs, replay_pairs=old_pairs)
