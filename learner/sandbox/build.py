@@ -1,6 +1,6 @@
 """Build the sandbox: fictional company, documents, eval sets, tokenizer and tiny Qwen3 models.
 
-    build_sandbox(Path(".protege/sandbox"), "demo", seed=0)                 # ~12 min on 2 cores
+    build_sandbox(Path(".protege/sandbox"), "demo", seed=0)                 # ~17 min on 2 cores
     python -m learner.sandbox.build --size test --dir /tmp/sandbox --json   # ~1 min
 
 The build is staged in a hidden sibling folder and renamed into place at the end, so a crash never
@@ -83,7 +83,7 @@ SIZE_CONFIGS: dict[str, SizeConfig] = {
     "demo": SizeConfig(
         vocab=1536,
         student=ModelSpec(hidden=192, layers=4, heads=4, intermediate=512),
-        student_train=TrainSpec(steps=800, batch_size=16, lr=3e-3),
+        student_train=TrainSpec(steps=1200, batch_size=16, lr=3e-3),
         teacher=ModelSpec(hidden=256, layers=4, heads=8, intermediate=768),
         teacher_train=TrainSpec(steps=850, batch_size=16, lr=2e-3),
         doc_share=0.15,
