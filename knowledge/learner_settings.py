@@ -47,7 +47,8 @@ class MidtrainConfig(_Section):
     formatted_share: float = Field(0.0, ge=0, le=1)
     """Share of the QA pairs (new and replayed) that also get a twin with a format instruction
     (lowercase, JSON, end phrase, ...) and the response rewritten to follow it
-    (learner/formatted_pairs.py), so the facts are learned under instructions too."""
+    (learner/formatted_pairs.py), so the facts are learned under instructions too; 0: off (two
+    night-1 runs at 0.5 showed no clear gain: README "Fifth search")."""
     replay_ratio: float = Field(0.5, ge=0)
     """Earlier documents and QA pairs replayed, in tokens per new token, drawn afresh each
     epoch."""
