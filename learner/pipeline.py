@@ -285,7 +285,13 @@ def _cycle(
                 opd_inputs = {
                     "prompts": opd_prompts,
                     "doc_prompts": doc_question_prompts(settings, store, new_pairs),
-                    "qa_pairs": new_pairs if settings.learner.midtrain.qa_pairs else [],
+                    # the pairs mid-training learned, twins included: plain pairs alone in
+                    # OPD's cross-entropy would wash the formatted twins back out
+                    "qa_pairs": midtrain.with_twins(
+                        new_pairs, settings.learner.midtrain, settings.learner.seed
+                    )
+                    if settings.learner.midtrain.qa_pairs
+                    else [],
                 }
                 if ranks > 1:  # each rank opens the same teacher (served, served_dir)
                     opd = launch(

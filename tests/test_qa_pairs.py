@@ -160,6 +160,9 @@ def test_cycle_trains_on_pairs_and_distills_with_privileged_doc_questions(day1_s
     assert result.status == "succeeded", result.message
     metrics = json.loads(Registry(settings).get(result.version).metrics_json)
     assert metrics["midtrain_qa_pairs"] > 0 and metrics["distill_qa_ce_pairs"] > 0
+    # OPD's cross-entropy keeps the pairs mid-training learned, formatted twins included
+    assert settings.learner.midtrain.formatted_share == 1.0
+    assert metrics["distill_qa_ce_pairs"] == metrics["midtrain_qa_pairs"]
     assert metrics["distill_privileged_context"] is True
     assert metrics["distill_doc_prompts"] > 0 and metrics["distill_doc_prompts_per_step"] == 2
     for scores in (result.after, result.before):  # open-book QA next to closed-book
