@@ -130,6 +130,11 @@ class DistillConfig(_Section):
     """Share of each step's OPD prompts that are questions about the new documents (sandbox: its
     training questions; otherwise written by the teacher from the chunks;
     learner/doc_questions.py); above 0 needs `privileged_context`."""
+    earlier_question_share: float = Field(0.25, ge=0.0, le=1.0)
+    """Share of each step's OPD prompts that are questions about earlier nights' documents (their
+    QA pairs' questions), when there are any and `models.teacher` is `previous`: that teacher
+    knows their answers, so OPD restores what mid-training blurred of them (README "Sixth
+    search"); another teacher did not learn them and would pull them out, so none are used."""
     qa_ce_weight: float = Field(1.0, ge=0.0)
     """Weight of the new facts' QA pairs' cross-entropy added to the OPD loss (0: off): the
     teacher does not know the new facts, and OPD alone pulls them back out."""

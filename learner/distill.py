@@ -12,6 +12,10 @@ Questions about the new documents (`doc_prompts`, learner/doc_questions.py) fill
 `doc_question_share` of each step's prompts; with `privileged_context` the teacher scores their
 answers with the retrieved passages in its prompt (learner/teachers/privileged.py).
 
+Questions about earlier nights' documents (`earlier_prompts`) fill `earlier_question_share` of
+each step's prompts: the teacher, the model served when the cycle started, knows those answers,
+so OPD restores what mid-training blurred of them, as it does for what the base knew.
+
     stats = main(peft_model, tokenizer, teacher, prompts, settings.learner.distill)
 """
 
@@ -144,6 +148,7 @@ def main(
     progress: bool = True,
     doc_prompts: list[ContextPrompt] | None = None,
     qa_pairs: list[QAPair] | None = None,
+    earlier_prompts: list[list[Message]] | None = None,
     world: World = SINGLE,
 ) -> dict:
     """Train the model's active adapter in place; returns summary stats.
@@ -169,9 +174,12 @@ def main(
     doc_prompts = doc_prompts or []
     qa_examples = [chat_example(tokenizer, p.messages(), p.response) for p in qa_pairs or []]
     n_doc = min(len(doc_prompts), round(cfg.doc_question_share * cfg.prompts_per_step))
+    earlier_prompts = earlier_prompts or []
+    n_earlier = min(len(earlier_prompts), round(cfg.earlier_question_share * cfg.prompts_per_step))
+    n_general = min(cfg.prompts_per_step - n_doc - n_earlier, len(prompts))
     bar = tqdm(range(cfg.steps), desc="distill (OPD)", unit="step", disable=not progress)
     for step in bar:
-        batch_prompts = rng.sample(prompts, min(cfg.prompts_per_step - n_doc, len(prompts)))
+        batch_prompts = rng.sample(prompts, n_general) + rng.sample(earlier_prompts, n_earlier)
         contexts: list[Passages | None] = [None] * len(batch_prompts)
         if n_doc:
             docs = rng.sample(doc_prompts, n_doc)
@@ -231,6 +239,8 @@ def main(
         "distill_doc_prompts": len(doc_prompts),
         "distill_doc_prompts_per_step": n_doc,
         "distill_privileged_context": cfg.privileged_context and n_doc > 0,
+        "distill_earlier_prompts": len(earlier_prompts),
+        "distill_earlier_prompts_per_step": n_earlier,
         "distill_reverse_kl_first": kls[0] if kls else None,
         "distill_reverse_kl_last": kls[-1] if kls else None,
         "distill_student_tokens": student_tokens,

@@ -8,6 +8,7 @@ chunk), from which every eval question and IFEval prompt (normalised) is already
 OPD never trains on what the gate measures.
 
     doc_prompts = doc_question_prompts(settings, store, new_pairs)
+    earlier = earlier_questions(settings, earlier_pairs)  # closed-book OPD prompts
 """
 
 from __future__ import annotations
@@ -80,3 +81,15 @@ def doc_question_prompts(
     if settings.learner.distill.doc_question_share == 0 or not pairs:
         return []
     return with_passages(store, [p.question for p in pairs], settings.knowledge.top_k)
+
+
+def earlier_questions(settings: Settings, pairs: list[QAPair]) -> list[list[Message]]:
+    """Earlier nights' questions (their QA pairs', never an eval's) as closed-book OPD prompts,
+    only with `models.teacher: previous`: the model served when the cycle starts learned their
+    answers; the base or a larger teacher did not, and would pull them out of the student."""
+    if (
+        settings.models.teacher != "previous"
+        or settings.learner.distill.earlier_question_share == 0
+    ):
+        return []
+    return [[{"role": "user", "content": p.question}] for p in pairs]

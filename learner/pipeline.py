@@ -34,7 +34,12 @@ from knowledge.tables import utcnow
 from learner import distill, midtrain
 from learner.data_parallel import launch
 from learner.datasets import eligible_documents, training_prompts
-from learner.doc_questions import doc_question_prompts, eval_questions, teacher_writer
+from learner.doc_questions import (
+    doc_question_prompts,
+    earlier_questions,
+    eval_questions,
+    teacher_writer,
+)
 from learner.evals.evaluate import evaluate_model
 from learner.evals.qa import normalize
 from learner.evals.written import cycle_eval_sets
@@ -263,13 +268,14 @@ def _cycle(
             with run.stage("midtrain"):
                 pairs = document_pairs(settings, store, new_docs + earlier_docs, exclude, write)
                 new_pairs = [p for d in new_docs for p in pairs[d.id]]
+                earlier_pairs = [p for d in earlier_docs for p in pairs[d.id]]
                 mid_inputs = {
                     "documents": documents,
                     "chat_prompts": prompts.chat,
                     "qa_pairs": new_pairs,
                     "replay_documents": [store.document_text(d.id) for d in earlier_docs]
                     + prompts.documents,
-                    "replay_pairs": [p for d in earlier_docs for p in pairs[d.id]],
+                    "replay_pairs": earlier_pairs,
                 }
                 if ranks > 1:
                     mid = launch(
@@ -285,6 +291,7 @@ def _cycle(
                 opd_inputs = {
                     "prompts": opd_prompts,
                     "doc_prompts": doc_question_prompts(settings, store, new_pairs),
+                    "earlier_prompts": earlier_questions(settings, earlier_pairs),
                     # the pairs mid-training learned, twins included: plain pairs alone in
                     # OPD's cross-entropy would wash the formatted twins back out
                     "qa_pairs": midtrain.with_twins(

@@ -51,6 +51,15 @@ def test_the_new_set_is_not_held_to_the_earlier_rule():
     assert _gate(qa_new_nonmajority=0.6, qa_day2=0.0)[0]
 
 
+def test_open_book_blocks_are_not_gated_as_earlier_sets():
+    # night 2's served model read day-1 passages better than the candidate: reported, not gated
+    served = {**SERVED, "n_qa_open_book": 20.0, "qa_open_book": 0.40}
+    served |= {"n_qa_open_book_day1": 10.0, "qa_open_book_day1": 0.47}
+    after = {**served, "qa_new_nonmajority": 0.6, "qa_open_book_day1": 0.30, "qa_open_book": 0.2}
+    settings = Settings(learner={"gate": GateConfig(earlier_qa_drop=0.05)})
+    assert passes_gate(settings, served, BASE, after, new_sets={"day2"}) == (True, "passed")
+
+
 def test_a_minimum_gain_can_be_required():
     settings = Settings(learner={"gate": GateConfig(min_new_qa_gain=0.1)})
     after = {**SERVED, "qa_new_nonmajority": 0.10}
