@@ -8,8 +8,9 @@ from peft import LoraConfig, get_peft_model
 from transformers import Qwen3Config, Qwen3ForCausalLM
 
 from knowledge.errors import IncompatibleTeacherError
-from knowledge.settings import DistillConfig, MidtrainConfig
+from knowledge.settings import DistillConfig, MidtrainConfig, Settings
 from learner import distill, midtrain
+from learner.doc_questions import earlier_questions
 from learner.modeling import load_tokenizer, stop_token_ids
 from learner.qa_pairs import QAPair
 from learner.sampling import LocalSampler
@@ -320,3 +321,41 @@ def test_teacher_with_another_tokenizer_is_refused(tiny, tmp_path):
         check_compatible(tok, load_tokenizer(tmp_path / "other"))
     with pytest.raises(IncompatibleTeacherError):
         LocalTeacher(str(tmp_path / "other"), tok, torch.device("cpu"), "float32")
+
+
+class _RecordingSampler:
+    """A LocalSampler that keeps the prompts of every step."""
+
+    def __init__(self, model, tok) -> None:  # noqa: ANN001
+        self.inner, self.steps = LocalSampler(model, tok), []
+
+    def sample(self, prompts, n, temperature, max_tokens):  # noqa: ANN001, ANN201
+        self.steps.append(prompts)
+        return self.inner.sample(prompts, n, temperature, max_tokens)
+
+
+def test_opd_asks_earlier_questions_at_their_share(tiny):
+    out, tok = tiny
+    model = _student(out)
+    earlier = [[{"role": "user", "content": f"Where did person {i} work?"}] for i in range(5)]
+    sampler = _RecordingSampler(model, tok)
+    cfg = DistillConfig(
+        steps=3, prompts_per_step=4, group_size=1, max_new_tokens=4, earlier_question_share=0.5
+    )
+    stats = distill.main(
+        model, tok, BaseModelTeacher(model), PROMPTS, cfg, progress=False,
+        sampler=sampler, earlier_prompts=earlier,
+    )  # fmt: skip
+    assert stats["distill_earlier_prompts_per_step"] == 2 and len(sampler.steps) == 3
+    for prompts in sampler.steps:
+        assert len(prompts) == 4 and sum(p in earlier for p in prompts) == 2
+
+
+def test_earlier_questions_only_for_a_teacher_that_learned_them():
+    pairs = [PAIR]
+    previous = Settings(models={"teacher": "previous"})
+    assert earlier_questions(previous, pairs) == [[{"role": "user", "content": PAIR.question}]]
+    assert earlier_questions(Settings(models={"teacher": "base"}), pairs) == []
+    off = previous.model_copy(deep=True)
+    off.learner.distill.earlier_question_share = 0.0
+    assert earlier_questions(off, pairs) == []
