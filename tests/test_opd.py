@@ -273,7 +273,7 @@ def test_midtrain_learns_qa_pairs_and_replays_within_budget(tiny):
         replay_documents=["An old document about Falcon. " * 20], replay_pairs=[OLD] * 40,
     )  # fmt: skip
     assert _answer_loss(model, tok, PAIR) < 0.5 * before
-    assert stats["midtrain_qa_pairs"] == 4
+    assert stats["midtrain_qa_pairs"] == 4 + 4  # and a formatted twin of each (share 1.0)
     new_tokens = stats["midtrain_doc_tokens"] + stats["midtrain_qa_tokens"]
     # about half the new material again, drawn from the earlier documents and pairs
     assert 0.3 * new_tokens <= stats["midtrain_replay_tokens_per_epoch"] <= 0.7 * new_tokens

@@ -214,7 +214,9 @@ def test_cycle_without_eval_files_writes_gates_on_and_forgets_items(company, tea
     asked_as_items = trained & {normalize(i.question) for i in items}
     assert asked_as_items == {"can you tell me what badge supplier is"}  # the scripted repeat
     metrics = json.loads(Registry(settings).get(result.version).metrics_json)
-    assert metrics["midtrain_qa_pairs"] == len(trained - asked_as_items) > 0  # ... left out
+    kept = len(trained - asked_as_items)  # ... left out (each kept pair also has its twin)
+    assert settings.learner.midtrain.formatted_share == 1.0
+    assert metrics["midtrain_qa_pairs"] == 2 * kept > 0
 
     # a forgotten document's items leave the set: the next (rebuilding) cycle scores the rest
     gone = store.list_documents()[0]
