@@ -82,7 +82,7 @@ def test_checker_pass_and_fail(instruction_id: str, kwargs: dict, good: str, bad
 
 
 def test_every_generated_instruction_has_a_case() -> None:
-    from learner.sandbox.chat_data import IF_IDS
+    from learner.instructions import IF_IDS
 
     assert set(IF_IDS) <= {c[0] for c in CASES} <= set(SUPPORTED_INSTRUCTIONS)
 

@@ -6,16 +6,13 @@
 from __future__ import annotations
 
 import json
-import random
 from pathlib import Path
 
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from learner.evals.ifeval import check_instruction
 from learner.modeling import load_tokenizer, stop_token_ids
-from learner.sandbox import chat_data as cd
 from learner.sandbox.build import SIZE_CONFIGS, build_sandbox, write_data
 from learner.sandbox.manifest import SandboxManifest
 from learner.sandbox.pretrain import IGNORE, encode_chats, encode_documents
@@ -87,17 +84,6 @@ def test_eval_questions_never_used_for_training(tmp_path: Path) -> None:
         assert users and not any(q in u for u in users for q in eval_texts)
     contexts = rows(manifest.incontext_qa_file)
     assert all(isinstance(r["context"], list) and 1 <= len(r["context"]) <= 3 for r in contexts)
-
-
-def test_training_responses_follow_their_instructions() -> None:
-    rng = random.Random(0)
-    for instruction_id in cd.IF_IDS:
-        for _ in range(20):
-            kwargs = cd.sample_kwargs(instruction_id, rng)
-            response = cd.render_response(
-                ["Ada Berg works in the Oslo office."], [(instruction_id, kwargs)], "Ada"
-            )
-            assert check_instruction(instruction_id, kwargs, response), (instruction_id, response)
 
 
 def test_sandbox_build_has_every_file(sandbox_test: SandboxManifest) -> None:
