@@ -56,12 +56,6 @@ class ModelsConfig(_Section):
     learned); "server:http://host:port/v1[#model]": a completions server (vLLM, or another
     protege) scoring with prompt_logprobs (learner/teachers/server.py); anything else: a model
     folder or hub id sharing the student's tokenizer."""
-    general_teacher: Literal["base", "teacher"] = "base"
-    """Who scores OPD's general prompts (instruction tasks, questions about what the base knew
-    before any document): "base", the raw base weights (the sandbox's best instruction follower:
-    scored against it, instruction following lost one night is restored the next instead of
-    adding up, while the questions about company documents stay with `teacher`); "teacher": the
-    teacher above scores every prompt (a larger teacher, e.g. the qwen3 profile's)."""
     device: Literal["cpu", "cuda", "auto"] = "cpu"
     """Where models run; "auto": CUDA when a GPU is visible, else CPU ("cuda" without one is a
     config error)."""

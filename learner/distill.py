@@ -12,9 +12,6 @@ Questions about the new documents (`doc_prompts`, learner/doc_questions.py) fill
 `doc_question_share` of each step's prompts; with `privileged_context` the teacher scores their
 answers with the retrieved passages in its prompt (learner/teachers/privileged.py).
 
-The general prompts can be scored by another teacher (`general_teacher`, the raw base by default:
-learner/teachers/factory.general_teacher) than the questions about company documents.
-
 Questions about earlier nights' documents (`earlier_prompts`) fill `earlier_question_share` of
 each step's prompts: the teacher, the model served when the cycle started, knows those answers,
 so OPD restores what mid-training blurred of them, as it does for what the base knew.
@@ -152,7 +149,6 @@ def main(
     doc_prompts: list[ContextPrompt] | None = None,
     qa_pairs: list[QAPair] | None = None,
     earlier_prompts: list[list[Message]] | None = None,
-    general_teacher: Teacher | None = None,
     world: World = SINGLE,
 ) -> dict:
     """Train the model's active adapter in place; returns summary stats.
@@ -163,9 +159,6 @@ def main(
     With `qa_pairs` and `cfg.qa_ce_weight` > 0 each step also minimises the cross-entropy of
     `cfg.qa_ce_pairs_per_step` of those pairs (the new facts stay while OPD restores behaviour:
     the teacher does not know them and would pull them out otherwise).
-
-    With `general_teacher`, that teacher scores the answers to `prompts` (the general prompts)
-    and `teacher` those to the earlier and document questions.
     """
     if not prompts:
         raise BadInputError("OPD needs at least one prompt")
@@ -187,15 +180,13 @@ def main(
     bar = tqdm(range(cfg.steps), desc="distill (OPD)", unit="step", disable=not progress)
     for step in bar:
         batch_prompts = rng.sample(prompts, n_general) + rng.sample(earlier_prompts, n_earlier)
-        general = [i < n_general for i in range(len(batch_prompts))]
         contexts: list[Passages | None] = [None] * len(batch_prompts)
         if n_doc:
             docs = rng.sample(doc_prompts, n_doc)
             batch_prompts += [d.messages for d in docs]
             contexts += [d.passages if cfg.privileged_context else None for d in docs]
-            general += [False] * n_doc
         mine = world.share(len(batch_prompts))
-        batch_prompts, contexts, general = batch_prompts[mine], contexts[mine], general[mine]
+        batch_prompts, contexts = batch_prompts[mine], contexts[mine]
         t0 = time.perf_counter()
         batch = sampler.sample(batch_prompts, cfg.group_size, cfg.temperature, cfg.max_new_tokens)
         t1 = time.perf_counter()
@@ -205,10 +196,6 @@ def main(
             teacher_lp_B_T = logprobs_with_context(teacher, tokenizer, batch, prompts_B, contexts_B)
         else:
             teacher_lp_B_T = teacher.logprobs(batch)
-        if general_teacher is not None and any(general):
-            general_B = torch.tensor([general[i] for i in batch.prompt_index_B])
-            general_lp_B_T = general_teacher.logprobs(batch)
-            teacher_lp_B_T = torch.where(general_B[:, None], general_lp_B_T, teacher_lp_B_T)
         t2 = time.perf_counter()
         mask_B_T = batch.completion_mask_B_T
         advantages_B_T = reverse_kl_advantages(
@@ -249,7 +236,6 @@ def main(
     return {
         "distill_steps": cfg.steps,
         "distill_teacher": teacher.name,
-        "distill_general_teacher": (general_teacher or teacher).name,
         "distill_doc_prompts": len(doc_prompts),
         "distill_doc_prompts_per_step": n_doc,
         "distill_privileged_context": cfg.privileged_context and n_doc > 0,

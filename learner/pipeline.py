@@ -60,7 +60,7 @@ from learner.qa_pairs import document_pairs
 from learner.recovery import recover_after_crash
 from learner.registry import BASE, Registry
 from learner.tables import Run
-from learner.teachers.factory import check_teacher, cycle_teacher, general_teacher
+from learner.teachers.factory import check_teacher, cycle_teacher
 from learner.vllm_sampler import opd_sampler
 from learner.webhook import send_webhook
 
@@ -310,9 +310,7 @@ def _cycle(
                         opd = distill.main(
                             model, tokenizer, teacher, cfg=settings.learner.distill,
                             seed=settings.learner.seed, sampler=sampler, log=run.metric,
-                            progress=progress,
-                            general_teacher=general_teacher(settings, model, teacher),
-                            **opd_inputs,
+                            progress=progress, **opd_inputs,
                         )  # fmt: skip
 
         with run.stage("evaluate"):

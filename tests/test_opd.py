@@ -17,7 +17,6 @@ from learner.sampling import LocalSampler
 from learner.sandbox.tokenizer import train_tokenizer
 from learner.scoring import sequence_logprobs
 from learner.teachers.base import BaseModelTeacher
-from learner.teachers.factory import general_teacher
 from learner.teachers.local import LocalTeacher, check_compatible
 
 TEXTS = ["Ada Park works in the Berlin office and leads Project Falcon."] * 30 + [
@@ -360,49 +359,3 @@ def test_earlier_questions_only_for_a_teacher_that_learned_them():
     off = previous.model_copy(deep=True)
     off.learner.distill.earlier_question_share = 0.0
     assert earlier_questions(off, pairs) == []
-
-
-class _ConstTeacher:
-    """Scores every completion token `value` (0 outside completions, as teachers do)."""
-
-    def __init__(self, value: float) -> None:
-        self.value, self.name = value, f"const {value}"
-
-    def logprobs(self, batch):  # noqa: ANN001, ANN201
-        return torch.where(batch.completion_mask_B_T, self.value, 0.0)
-
-
-def test_general_teacher_scores_the_general_prompts_only(tiny, monkeypatch):
-    out, tok = tiny
-    model = _student(out)
-    earlier = [[{"role": "user", "content": f"Where did person {i} work?"}] for i in range(5)]
-    sampler, seen = _RecordingSampler(model, tok), []
-    real = distill.reverse_kl_advantages
-
-    def recording(sampler_lp, teacher_lp, mask, *args):  # noqa: ANN001, ANN202
-        seen.append(teacher_lp)
-        return real(sampler_lp, teacher_lp, mask, *args)
-
-    monkeypatch.setattr(distill, "reverse_kl_advantages", recording)
-    cfg = DistillConfig(
-        steps=2, prompts_per_step=4, group_size=2, max_new_tokens=4, earlier_question_share=0.5
-    )
-    stats = distill.main(
-        model, tok, _ConstTeacher(-5.0), PROMPTS, cfg, progress=False, sampler=sampler,
-        earlier_prompts=earlier, general_teacher=_ConstTeacher(-1.0),
-    )  # fmt: skip
-    assert stats["distill_general_teacher"] == "const -1.0"
-    for prompts, teacher_lp_B_T in zip(sampler.steps, seen, strict=True):
-        for row, lp_T in enumerate(teacher_lp_B_T):
-            expected = -5.0 if prompts[row // 2] in earlier else -1.0  # group_size 2
-            assert set(lp_T[lp_T != 0].tolist()) <= {expected}
-
-
-def test_general_teacher_is_the_base_beside_another_teacher(tiny):
-    out, _ = tiny
-    model = _student(out)
-    other = _ConstTeacher(-1.0)  # a previous adapter, a larger model or a server
-    assert isinstance(general_teacher(Settings(), model, other), BaseModelTeacher)
-    assert general_teacher(Settings(), model, BaseModelTeacher(model)) is None  # night 1
-    only = Settings(models={"general_teacher": "teacher"})
-    assert general_teacher(only, model, other) is None

@@ -1,7 +1,7 @@
 """The cycle's teacher from `models.teacher`, and the weights that write with it.
 
     with cycle_teacher(settings, model, tokenizer, device, served, served_dir) as teacher:
-        distill(..., teacher, general_teacher=general_teacher(settings, model, teacher))
+        distill(..., teacher)
         with teacher_weights(teacher, model) as writer:   # a model to generate with
             generate_texts(writer, ...)
 
@@ -59,15 +59,6 @@ def cycle_teacher(
     else:
         path = resolve_model_ref(settings, ref)
         yield LocalTeacher(path, tokenizer, device, settings.models.dtype)
-
-
-def general_teacher(settings: Settings, model: PeftModel, teacher: Teacher) -> Teacher | None:
-    """The teacher of OPD's general prompts when it is not `teacher` itself
-    (`models.general_teacher: base` while the cycle's teacher is another model: a previous
-    adapter, a larger model or a server); None: `teacher` scores every prompt."""
-    if settings.models.general_teacher == "teacher" or isinstance(teacher, BaseModelTeacher):
-        return None
-    return BaseModelTeacher(model, "base")
 
 
 def check_teacher(settings: Settings, tokenizer: PreTrainedTokenizerBase) -> None:
