@@ -384,9 +384,8 @@ def main() -> None:
         engines.remove("vllm")
     with tempfile.TemporaryDirectory(prefix="protege-serve-load-") as tmp:
         home = Path(tmp)
-        registry = Registry(
-            Settings(home=home, models=ModelsConfig(student=str(manifest.student_dir)))
-        )
+        student = ModelsConfig(student=str(manifest.student_dir))
+        registry = Registry(Settings(home=home, models=student))
         versions = register_loras(registry, manifest.student_dir, args.swaps)
         print(f"{args.sandbox} sandbox, {args.clients} clients x {args.seconds:.0f} s, "
               f"max_tokens {args.max_tokens}, swaps base -> {' -> '.join(versions)}")  # fmt: skip

@@ -17,13 +17,7 @@ from __future__ import annotations
 
 import random
 
-from learner.instructions import (
-    Instruction,
-    follows_all,
-    instruction_text,
-    render_response,
-    sample_instructions,
-)
+from learner.instructions import Instruction, with_instructions
 from learner.qa_pairs import QAPair
 
 TITLE = "Answer"  # the title a twin's <<title>> instruction gets (any title passes IFEval)
@@ -34,13 +28,11 @@ TRIES = 20  # instruction draws per pair before it goes without a twin (e.g. a l
 def formatted(pair: QAPair, rng: random.Random) -> tuple[QAPair, list[Instruction]] | None:
     """(`pair` with one or two instructions drawn by `rng` added to its question and followed by
     its response, those instructions); None when no draw in TRIES could be followed."""
-    for _ in range(TRIES):
-        instrs = sample_instructions(rng)
-        response = render_response([pair.response], instrs, TITLE)
-        if follows_all(response, instrs):
-            text = " ".join(instruction_text(i, kw, rng) for i, kw in instrs)
-            return QAPair(f"{pair.question} {text}", response, pair.answer), instrs
-    return None
+    drawn = with_instructions(rng, pair.question, [pair.response], TITLE, TRIES)
+    if drawn is None:
+        return None
+    question, response, instrs = drawn
+    return QAPair(question, response, pair.answer), instrs
 
 
 def formatted_twins(pairs: list[QAPair], share: float, rng: random.Random) -> list[QAPair]:

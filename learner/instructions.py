@@ -17,7 +17,7 @@ from typing import Any
 from learner.evals.ifeval import check_instruction, count_words
 
 
-def _rows(text: str) -> list[list[str]]:
+def rows(text: str) -> list[list[str]]:
     """Parse `a | b | c` lines (keeps the tables one line per entry under ruff format)."""
     return [
         [p.strip().replace("\\n", "\n") for p in line.split("|")]
@@ -26,7 +26,7 @@ def _rows(text: str) -> list[list[str]]:
 
 
 # Filler sentences of "at least N words" answers | bullet fillers | end phrases.
-FILLERS, BULLET_FILLERS, END_PHRASES = _rows("""
+FILLERS, BULLET_FILLERS, END_PHRASES = rows("""
 I hope this helps you with your work. | Please contact your manager if anything is unclear. | You can also find more details on the company intranet. | The team is always happy to answer further questions. | Thank you for reading this message carefully.
 Check the intranet for details. | Ask your manager for help. | Share updates with your team. | Keep your notes up to date. | Plan your week ahead.
 Any other questions? | Is there anything else I can help with? | Let me know if you have additional questions | Have a nice day | That is all for now | Thank you for reading
@@ -137,3 +137,18 @@ def render_response(content: list[str], instrs: list[Instruction], title: str) -
 
 def follows_all(response: str, instrs: list[Instruction]) -> bool:
     return all(check_instruction(i, kw, response) for i, kw in instrs)
+
+
+def with_instructions(
+    rng: random.Random, prompt: str, content: list[str], title: str, tries: int = 20
+) -> tuple[str, str, list[Instruction]] | None:
+    """(`prompt` + the texts of one or two instructions drawn by `rng`, `content` rendered to
+    follow them and checked with the IFEval checker, the instructions); None when no draw in
+    `tries` could be followed (e.g. a long answer under "less than N words")."""
+    for _ in range(tries):
+        instrs = sample_instructions(rng)
+        response = render_response(content, instrs, title)
+        if follows_all(response, instrs):
+            texts = " ".join(instruction_text(i, kw, rng) for i, kw in instrs)
+            return f"{prompt} {texts}", response, instrs
+    return None

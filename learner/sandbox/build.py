@@ -200,14 +200,8 @@ def _train_model(
         progress,
         f"{'teacher' if teacher else 'student'}: {n_params / 1e6:.2f}M params, {train.steps} steps",
     )
-    pretrain(
-        model,
-        rows,
-        train,
-        seed=world.seed,
-        progress=progress,
-        desc="teacher" if teacher else "student",
-    )
+    desc = "teacher" if teacher else "student"
+    pretrain(model, rows, train, seed=world.seed, progress=progress, desc=desc)
     model.save_pretrained(str(out))
     tokenizer.save_pretrained(str(out))  # every model folder is loadable on its own
     return model

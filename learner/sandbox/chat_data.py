@@ -15,14 +15,9 @@ from typing import Any
 
 from knowledge.prompting import grounded_user_message
 from learner.generation import Message
-from learner.instructions import (
-    KEYWORDS,
-    follows_all,
-    instruction_text,
-    render_response,
-    sample_instructions,
-)
+from learner.instructions import KEYWORDS, rows, with_instructions
 from learner.sandbox import world as w
+from learner.sandbox.fresh import fresh_entity, random_word
 
 TOPICS = (
     "the spring offsite|code reviews|the coffee machine|team lunches|the new badge system|desk booking"
@@ -41,18 +36,10 @@ TOPICS = (
 N_EVAL_TOPICS = 16
 
 
-def _rows(text: str) -> list[list[str]]:
-    """Parse `a | b | c` lines (keeps the tables one line per entry under ruff format)."""
-    return [
-        [p.strip().replace("\\n", "\n") for p in line.split("|")]
-        for line in text.strip().splitlines()
-    ]
-
-
 # Task prompt | three content sentences of its templated response.
 TASKS = [
     (r[0], r[1:])
-    for r in _rows("""
+    for r in rows("""
 Write a short note about {topic}. | Here is a short note about {topic}. | {Topic} matters to everyone at the company. | Please ask your manager if you have questions about {topic}.
 Write a message to the team about {topic}. | Hello team. | This message is about {topic}. | You can read more about {topic} on the intranet.
 Give me some advice about {topic}. | My advice about {topic} is simple. | Plan ahead and talk to your team about {topic}. | Keep notes so that {topic} goes well.
@@ -60,7 +47,7 @@ Explain {topic} to a new employee. | Welcome to the company. | {Topic} is part o
 Describe {topic} in a few sentences. | {Topic} is well known at the company. | Many colleagues talk about {topic}. | The intranet has a page about {topic}.
 """)
 ]
-ABOUT, SYSTEM_PROMPTS = _rows("""
+ABOUT, SYSTEM_PROMPTS = rows("""
 Tell me about {name}. | What do you know about {name}? | Give me a short profile of {name}.
 You are protege, the company assistant. | You are a helpful assistant for company staff. | Answer questions about the company briefly.
 """)
@@ -70,13 +57,10 @@ def _with_instructions(
     rng: random.Random, prompt: str, content: list[str], title: str
 ) -> tuple[str, str]:
     """(prompt + instruction texts, verified response); resamples until the checkers pass."""
-    for _ in range(20):
-        instrs = sample_instructions(rng)
-        response = render_response(content, instrs, title)
-        if follows_all(response, instrs):
-            texts = " ".join(instruction_text(i, kw, rng) for i, kw in instrs)
-            return f"{prompt} {texts}", response
-    raise RuntimeError(f"could not render a verified response for {prompt!r}")
+    drawn = with_instructions(rng, prompt, content, title)
+    if drawn is None:
+        raise RuntimeError(f"could not render a verified response for {prompt!r}")
+    return drawn[0], drawn[1]
 
 
 TOPIC_NOUNS = "meeting launch review workshop party survey tool rollout offsite training".split()
@@ -87,7 +71,7 @@ def _topic_task(
 ) -> tuple[str, list[str], str]:
     topic = rng.choice(topics)
     if rng.random() < novel:  # a made-up topic: the reply must copy it from the prompt
-        topic = f"the {w.random_word(rng)} {rng.choice(TOPIC_NOUNS)}"
+        topic = f"the {random_word(rng)} {rng.choice(TOPIC_NOUNS)}"
     prompt, content = rng.choice(TASKS)
     fill = {"topic": topic, "Topic": topic[0].upper() + topic[1:]}
     return prompt.format(**fill), [c.format(**fill) for c in content], topic.title()
@@ -118,7 +102,7 @@ def copy_chat(rng: random.Random) -> tuple[str, str]:
     topics / keywords / postscript markers need (the probe's base could not read context)."""
     pools = [w.CITIES, w.TEAMS, w.FIRST_NAMES, w.LAST_NAMES, w.CODENAMES, KEYWORDS, w.MONTHS]
     words = [
-        w.random_word(rng) if rng.random() < 0.4 else rng.choice(rng.choice(pools))
+        random_word(rng) if rng.random() < 0.4 else rng.choice(rng.choice(pools))
         for _ in range(rng.randint(3, 10))
     ]
     text = " ".join(words)
@@ -146,12 +130,12 @@ def incontext_item(rng: random.Random, world: w.World, templates: str = "ABC") -
     exactly one about the asked entity; `followups` are [(question, response)] about facts
     the passages state (the target's and the distractors'), for multi-turn training chats."""
     kind = "person" if rng.random() < 0.75 else "project"
-    target = w.fresh_entity(rng, kind, world)
+    target = fresh_entity(rng, kind, world)
     fact = rng.choice(target.facts())
     passages = [passage(target, rng, must=fact.attr)]
     stated = [f for f in target.facts() if f.statement(0) in passages[0] and f is not fact]
     for _ in range(rng.choice([0, 1, 1, 2, 2, 2])):
-        other = w.fresh_entity(rng, kind if rng.random() < 0.8 else "project", world)
+        other = fresh_entity(rng, kind if rng.random() < 0.8 else "project", world)
         if other.kind == "person" and rng.random() < 0.3:  # same first name: must read the surname
             other.name = f"{target.name.split()[0]} {rng.choice(w.LAST_NAMES)}"
         if other.name != target.name:

@@ -13,6 +13,7 @@ import random
 from typing import Any
 
 from learner.generation import Message
+from learner.instructions import instruction_text, sample_instructions
 from learner.sandbox import world as w
 from learner.sandbox.chat_data import (
     ABOUT,
@@ -21,9 +22,7 @@ from learner.sandbox.chat_data import (
     _topic_task,
     _with_instructions,
     about_name,
-    instruction_text,
     qa_trained,
-    sample_instructions,
     split_topics,
     training_chat,
 )

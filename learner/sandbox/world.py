@@ -274,45 +274,6 @@ def render_document(entity: Entity, world: World, rng: random.Random) -> tuple[s
     return entity.filename, f"# {_title(entity, entity.day > 0)}\n\n{body}\n"
 
 
-# --- freshly randomised entities (in-context QA: only the passage can answer) ---
-
-_SYLLABLES = "ka ro mi te lu va zen dor fi po sha ni bel tor qui ra mo su vek lan di go".split()
-
-
-def random_word(rng: random.Random) -> str:
-    """A made-up capitalised word: never memorisable, so it can only be copied from context."""
-    return "".join(rng.choice(_SYLLABLES) for _ in range(rng.randint(2, 3))).capitalize()
-
-
-def _person_name(rng: random.Random) -> str:
-    last = random_word(rng) if rng.random() < 0.3 else rng.choice(LAST_NAMES)
-    return f"{rng.choice(FIRST_NAMES)} {last}"
-
-
-def fresh_entity(rng: random.Random, kind: str, world: World) -> Entity:
-    """A random entity that is not in the world (so only the passage can answer); some names and
-    values are made-up words, which forces reading the passage rather than guessing."""
-    taken = world.names(kind)
-    while True:
-        name = _person_name(rng)
-        if kind == "project":
-            name = f"{rng.choice(PROJECT_ADJ + [random_word(rng)])} {rng.choice(PROJECT_NOUN)}"
-        if name not in taken:
-            break
-    project = f"{rng.choice(PROJECT_ADJ + [random_word(rng)])} {rng.choice(PROJECT_NOUN)}"
-    if kind == "person":
-        attrs = {
-            "team": rng.choice(TEAMS),
-            "city": rng.choice(CITIES),
-            "manager": _person_name(rng),
-        }
-        attrs |= {"project": project, "role": rng.choice(ROLES)}
-    else:
-        codename = random_word(rng) if rng.random() < 0.5 else rng.choice(CODENAMES)
-        attrs = {"lead": _person_name(rng), "launch": rng.choice(MONTHS), "codename": codename}
-    return Entity(kind, name, attrs, day=-1)
-
-
 def deal(pool: list[str], n: int, rng: random.Random) -> list[str]:
     """`n` values from `pool`, each used as evenly as possible (counts differ by at most one):
     no single value dominates an attribute, so a constant answer cannot score well."""
