@@ -21,14 +21,13 @@ from learner.instructions import Instruction, with_instructions
 from learner.qa_pairs import QAPair
 
 TITLE = "Answer"  # the title a twin's <<title>> instruction gets (any title passes IFEval)
-TRIES = 20  # instruction draws per pair before it goes without a twin (e.g. a long answer
-# under "less than N words")
 
 
 def formatted(pair: QAPair, rng: random.Random) -> tuple[QAPair, list[Instruction]] | None:
     """(`pair` with one or two instructions drawn by `rng` added to its question and followed by
-    its response, those instructions); None when no draw in TRIES could be followed."""
-    drawn = with_instructions(rng, pair.question, [pair.response], TITLE, TRIES)
+    its response, those instructions); None when no draw could be followed
+    (learner/instructions.with_instructions)."""
+    drawn = with_instructions(rng, pair.question, [pair.response], TITLE)
     if drawn is None:
         return None
     question, response, instrs = drawn

@@ -1,6 +1,6 @@
 """Build the sandbox: fictional company, documents, eval sets, tokenizer and tiny Qwen3 models.
 
-    build_sandbox(Path(".protege/sandbox"), "demo", seed=0)                 # ~9-11 min on 2 cores
+    build_sandbox(Path(".protege/sandbox"), "demo", seed=0)                 # ~9-14 min on 2 cores
     python -m learner.sandbox.build --size test --dir /tmp/sandbox --json   # ~1 min
 
 The build is staged in a hidden sibling folder and renamed into place at the end, so a crash never
