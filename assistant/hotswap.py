@@ -6,6 +6,7 @@
     with switcher.pin() as version:        # one request: this version from start to finish
         engine.generate(messages, params, version)
     switcher.reload()                      # POST /admin/adapters/reload: swap now, or raise
+    switcher.apply(lambda: registry.promote(v))   # /admin/adapters/promote: write, swap as one
 
 How a swap stays safe: every request pins the version it starts with (a refcount). A swap
 verifies the new folder's checksum, loads it in the engine, then flips `served` in one step, so
@@ -100,38 +101,52 @@ class AdapterSwitcher:
     def reload(self) -> SwapResult:
         """Serve what the registry says is served now. Raises AdapterIntegrityError on refusal."""
         with self._swap_lock:
-            previous = self._served
-            target = self.registry.served_version()
-            if target == previous:
-                self.last_error = None
-                return SwapResult(served=previous, previous=previous, changed=False)
-            with self._lock:
-                was_retired = target in self._retired
-                self._retired.discard(target)  # claim it: a release must not unload it now
-            try:
-                folder = None if target == BASE else self.registry.verify(target)
-                self.engine.ensure_loaded(target, folder)
-            except Exception as exc:
-                if was_retired:  # give back the claim: unload it now, or when its pins drop
-                    with self._lock:
-                        self._retire(target)
-                known = isinstance(exc, AdapterIntegrityError | NotFoundError)
-                reason = str(exc) if known else f"load failed: {exc!r}"
-                message = f"refusing adapter {target}: {reason}; still serving {previous}"
-                if message != self.last_error:  # once per distinct problem, not every poll
-                    log.error(message)
-                self.last_error = message
-                raise AdapterIntegrityError(message) from exc
-            with self._lock:
-                self._served = target
-                if previous != BASE:
-                    self._retire(previous)
+            return self._reload_locked()
+
+    def apply(self, change: Callable[[], object]) -> SwapResult:
+        """Run `change` (a registry promote or rollback), then serve its result, as one swap.
+
+        The poller cannot slip in between the registry write and the swap, so `previous` is what
+        this server served before the change and `changed` says whether the change moved it.
+        """
+        with self._swap_lock:
+            change()
+            return self._reload_locked()
+
+    def _reload_locked(self) -> SwapResult:
+        """(With _swap_lock held) the body of `reload`."""
+        previous = self._served
+        target = self.registry.served_version()
+        if target == previous:
             self.last_error = None
-            log.info("serving adapter %s (was %s)", target, previous)
-            result = SwapResult(served=target, previous=previous, changed=True)
-            if self.on_swap is not None:
-                self.on_swap(result)
-            return result
+            return SwapResult(served=previous, previous=previous, changed=False)
+        with self._lock:
+            was_retired = target in self._retired
+            self._retired.discard(target)  # claim it: a release must not unload it now
+        try:
+            folder = None if target == BASE else self.registry.verify(target)
+            self.engine.ensure_loaded(target, folder)
+        except Exception as exc:
+            if was_retired:  # give back the claim: unload it now, or when its pins drop
+                with self._lock:
+                    self._retire(target)
+            known = isinstance(exc, AdapterIntegrityError | NotFoundError)
+            reason = str(exc) if known else f"load failed: {exc!r}"
+            message = f"refusing adapter {target}: {reason}; still serving {previous}"
+            if message != self.last_error:  # once per distinct problem, not every poll
+                log.error(message)
+            self.last_error = message
+            raise AdapterIntegrityError(message) from exc
+        with self._lock:
+            self._served = target
+            if previous != BASE:
+                self._retire(previous)
+        self.last_error = None
+        log.info("serving adapter %s (was %s)", target, previous)
+        result = SwapResult(served=target, previous=previous, changed=True)
+        if self.on_swap is not None:
+            self.on_swap(result)
+        return result
 
     def sync(self) -> str:
         """Like `reload`, but never raises: logs a refusal and returns the version served."""

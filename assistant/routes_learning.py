@@ -91,8 +91,10 @@ async def promote_adapter(
     switcher = _switcher(request)
 
     def promote() -> dict[str, object]:
-        switcher.registry.promote(body.version, actor=admin.user)
-        return switcher.reload().as_dict()
+        # as one swap: a poll between the registry write and the swap would hide `previous`
+        return switcher.apply(
+            lambda: switcher.registry.promote(body.version, actor=admin.user)
+        ).as_dict()
 
     return await run_in_threadpool(promote)
 
@@ -105,7 +107,6 @@ async def rollback_adapter(
     switcher = _switcher(request)
 
     def rollback() -> dict[str, object]:
-        switcher.registry.rollback(actor=admin.user)
-        return switcher.reload().as_dict()
+        return switcher.apply(lambda: switcher.registry.rollback(actor=admin.user)).as_dict()
 
     return await run_in_threadpool(rollback)

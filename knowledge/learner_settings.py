@@ -87,6 +87,11 @@ class MidtrainConfig(_Section):
     with earlier nights' documents (within the replay budget), so night 1 has replay too;
     null: the sandbox's documents about its initially known entities with sandbox models, else
     none."""
+    background_pairs: bool = False
+    """Replay QA pairs of the background documents too, beside earlier nights' pairs (the
+    sandbox: its base's own pre-training QA about the known entities; else pairs the teacher
+    writes from each background chunk, kept when the answer is in it): true answers that do not
+    drift night after night as the model's own background answers do."""
 
 
 class DistillConfig(_Section):
@@ -142,6 +147,10 @@ class DistillConfig(_Section):
     """QA pairs drawn for the cross-entropy term each step."""
     qa_ce_anneal: bool = True
     """The QA cross-entropy weight falls linearly to 0 over the OPD steps."""
+    qa_ce_replay_pairs_per_step: int = Field(0, ge=0)
+    """Replayed QA pairs (earlier nights' and, with `midtrain.background_pairs`, the background
+    documents') added to the cross-entropy each step at `qa_ce_weight`, never annealed: true
+    answers hold earlier knowledge where the teacher (the previous model) already lost some."""
 
     @model_validator(mode="after")
     def _doc_questions_need_context(self) -> DistillConfig:

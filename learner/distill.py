@@ -129,6 +129,10 @@ def _weighted_qa_loss(
     return weight * qa_cross_entropy(model, examples, n, QA_SEQ_LEN, pad_id, rng, world)
 
 
+def _sum_of(terms: list[Callable[[], torch.Tensor]]) -> torch.Tensor:
+    return sum((term() for term in terms), torch.zeros(()))
+
+
 def qa_weight(cfg: DistillConfig, step: int) -> float:
     """The QA cross-entropy's weight at `step`: constant, or linearly down to 0 when annealed."""
     if not cfg.qa_ce_anneal:
@@ -149,6 +153,7 @@ def main(
     doc_prompts: list[ContextPrompt] | None = None,
     qa_pairs: list[QAPair] | None = None,
     earlier_prompts: list[list[Message]] | None = None,
+    replay_pairs: list[QAPair] | None = None,
     world: World = SINGLE,
 ) -> dict:
     """Train the model's active adapter in place; returns summary stats.
@@ -158,7 +163,8 @@ def main(
 
     With `qa_pairs` and `cfg.qa_ce_weight` > 0 each step also minimises the cross-entropy of
     `cfg.qa_ce_pairs_per_step` of those pairs (the new facts stay while OPD restores behaviour:
-    the teacher does not know them and would pull them out otherwise).
+    the teacher does not know them and would pull them out otherwise), and of
+    `cfg.qa_ce_replay_pairs_per_step` of `replay_pairs` at the full weight (earlier knowledge).
     """
     if not prompts:
         raise BadInputError("OPD needs at least one prompt")
@@ -173,6 +179,11 @@ def main(
     student_tokens, kls = 0, []
     doc_prompts = doc_prompts or []
     qa_examples = [chat_example(tokenizer, p.messages(), p.response) for p in qa_pairs or []]
+    n_replay = cfg.qa_ce_replay_pairs_per_step if cfg.qa_ce_weight > 0 else 0
+    replay_examples = [
+        chat_example(tokenizer, p.messages(), p.response) for p in replay_pairs or []
+    ]
+    replay_examples = replay_examples if n_replay else []
     n_doc = min(len(doc_prompts), round(cfg.doc_question_share * cfg.prompts_per_step))
     earlier_prompts = earlier_prompts or []
     n_earlier = min(len(earlier_prompts), round(cfg.earlier_question_share * cfg.prompts_per_step))
@@ -202,12 +213,18 @@ def main(
             batch.sampler_logprobs_B_T, teacher_lp_B_T, mask_B_T, cfg.kl_coef, cfg.discount
         )
         weight = qa_weight(cfg, step) if qa_examples else 0.0
-        extra = None
+        terms = []
         if weight > 0:
-            extra = functools.partial(
+            terms.append(functools.partial(
                 _weighted_qa_loss, weight, model, qa_examples, cfg.qa_ce_pairs_per_step,
                 tokenizer.pad_token_id, rng, world,
-            )  # fmt: skip
+            ))  # fmt: skip
+        if replay_examples:
+            terms.append(functools.partial(
+                _weighted_qa_loss, cfg.qa_ce_weight, model, replay_examples, n_replay,
+                tokenizer.pad_token_id, rng, world,
+            ))  # fmt: skip
+        extra = functools.partial(_sum_of, terms) if terms else None
         loss = policy_gradient_step(model, optimizer, params, batch, advantages_B_T, extra, world)
         t3 = time.perf_counter()
         timings["sample"] += t1 - t0
@@ -245,5 +262,6 @@ def main(
         "distill_reverse_kl_last": kls[-1] if kls else None,
         "distill_student_tokens": student_tokens,
         "distill_qa_ce_pairs": len(qa_examples) if cfg.qa_ce_weight > 0 else 0,
+        "distill_qa_ce_replay_pairs": len(replay_examples),
         **{f"distill_{k}_seconds": round(v, 2) for k, v in timings.items()},
     }

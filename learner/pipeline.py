@@ -56,7 +56,7 @@ from learner.modeling import (
     torch_device,
 )
 from learner.plan import count_tokens, work_tokens
-from learner.qa_pairs import document_pairs
+from learner.qa_pairs import background_pairs, document_pairs
 from learner.recovery import recover_after_crash
 from learner.registry import BASE, Registry
 from learner.tables import Run
@@ -269,13 +269,18 @@ def _cycle(
                 pairs = document_pairs(settings, store, new_docs + earlier_docs, exclude, write)
                 new_pairs = [p for d in new_docs for p in pairs[d.id]]
                 earlier_pairs = [p for d in earlier_docs for p in pairs[d.id]]
+                replay_pairs = earlier_pairs + (
+                    background_pairs(settings, prompts.documents, exclude, write)
+                    if settings.learner.midtrain.background_pairs
+                    else []
+                )
                 mid_inputs = {
                     "documents": documents,
                     "chat_prompts": prompts.chat,
                     "qa_pairs": new_pairs,
                     "replay_documents": [store.document_text(d.id) for d in earlier_docs]
                     + prompts.documents,
-                    "replay_pairs": earlier_pairs,
+                    "replay_pairs": replay_pairs,
                 }
                 if ranks > 1:
                     mid = launch(
@@ -292,6 +297,7 @@ def _cycle(
                     "prompts": opd_prompts,
                     "doc_prompts": doc_question_prompts(settings, store, new_pairs),
                     "earlier_prompts": earlier_questions(settings, earlier_pairs),
+                    "replay_pairs": replay_pairs,
                     # the pairs mid-training learned, twins included: plain pairs alone in
                     # OPD's cross-entropy would wash the formatted twins back out
                     "qa_pairs": midtrain.with_twins(

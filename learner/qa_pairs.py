@@ -13,13 +13,17 @@ Where the pairs come from:
 
 Pairs are cached per document version in `<home>/qa_pairs/<id>.jsonl` (written atomically), so
 a later night replays an earlier document's pairs without writing them again; forgetting a
-document deletes its file (learner/forgetting.py).
+document deletes its file (learner/forgetting.py). The background documents (what the model knew
+before any company document) get pairs the same way, cached by content, or, in the sandbox, its
+base's own pre-training QA (`midtrain.background_pairs`).
 
     pairs = document_pairs(settings, store, documents, exclude, write)   # {doc id: [QAPair]}
+    known = background_pairs(settings, texts, exclude, write)            # [QAPair]
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -29,9 +33,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from knowledge.chunking import chunk_text, count_words
 from knowledge.prompting import grounded_user_message
 from knowledge.settings import Settings
-from learner.datasets import read_jsonl, sandbox_document_names, sandbox_manifest
+from learner.datasets import read_jsonl, sandbox_document_names, sandbox_manifest, uses_sandbox
 from learner.evals.qa import normalize, qa_correct
 from learner.generation import Message
 
@@ -141,6 +146,30 @@ def document_pairs(
             pairs = []
         out[document.id] = without(pairs, exclude)
     return out
+
+
+def background_pairs(
+    settings: Settings, texts: list[str], exclude: Collection[str], write: Writer | None
+) -> list[QAPair]:
+    """QA pairs of the background documents (`texts`: what the model knew before any company
+    document), eval questions left out: the sandbox's pre-training QA about its known entities,
+    or pairs the teacher writes from each text's chunks (cached by content, like a document's)."""
+    if uses_sandbox(settings) and not settings.learner.midtrain.background_documents_dir:
+        path = sandbox_manifest(settings).background_train_questions_file
+        rows = read_jsonl(path) if path is not None else []
+        return without([QAPair(r["question"], r["response"], r["answer"]) for r in rows], exclude)
+    knowledge, pairs = settings.knowledge, []
+    for text in texts:
+        digest = hashlib.sha256(text.encode()).hexdigest()[:16]
+        path = settings.home / "qa_pairs" / "background" / f"{digest}.jsonl"
+        if path.exists():
+            pairs += [QAPair(**row) for row in read_jsonl(path)]
+        elif write is not None:
+            chunks = chunk_text(text, count_words, knowledge.chunk_tokens, knowledge.chunk_overlap)
+            written = written_pairs(chunks, write)
+            _write_cache(path, written)
+            pairs += written
+    return without(pairs, exclude)
 
 
 def forget_pairs(settings: Settings, doc_ids: Collection[int]) -> None:

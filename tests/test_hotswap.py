@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import gc
+import threading
 import time
 import weakref
 from collections.abc import Iterator
@@ -23,6 +24,7 @@ from swap_load import swap_under_load
 from assistant.app import create_app
 from assistant.embedded_engine import EmbeddedEngine
 from assistant.engine import GenerationParams
+from assistant.hotswap import SwapResult
 from assistant.server import serve_in_thread
 from knowledge.db import open_database
 from knowledge.settings import ModelsConfig, ServingConfig, Settings
@@ -256,3 +258,24 @@ def test_startup_and_polling_follow_the_registry(sandbox_test, tmp_path, loras):
             time.sleep(0.05)
         assert _ask(served.http)["adapter_version"] == v2  # no reload call: the poller swapped
         assert served.engine.loaded_versions() == [v2]
+
+
+def test_a_poll_cannot_slip_between_a_promotion_and_its_swap(server, loras):
+    """The admin promote is one swap: a poll meanwhile waits, so `previous` is what was served."""
+    v1, v2 = _register(server.registry, loras[0]), _register(server.registry, loras[1])
+    server.registry.promote(v1)
+    server.switcher.reload()
+    poll = threading.Thread(target=server.switcher.sync)
+    waited: list[bool] = []
+
+    def promote_v2() -> None:
+        server.registry.promote(v2)
+        poll.start()  # as the poller would, right after the registry write
+        poll.join(timeout=0.5)
+        waited.append(poll.is_alive())
+
+    result = server.switcher.apply(promote_v2)
+    poll.join(timeout=30)
+    assert waited == [True]
+    assert result == SwapResult(served=v2, previous=v1, changed=True)
+    assert server.switcher.served == v2 and server.engine.loaded_versions() == [v2]

@@ -314,6 +314,23 @@ def test_opd_keeps_the_qa_cross_entropy_on(tiny):
     assert [distill.qa_weight(annealed, s) for s in (0, 5, 15)] == pytest.approx([2.0, 4 / 3, 0.0])
 
 
+def test_opd_replays_earlier_pairs_at_full_weight_when_asked(tiny):
+    out, tok = tiny
+    cfg = DistillConfig(steps=15, prompts_per_step=2, group_size=2, max_new_tokens=6, lr=1e-2)
+    results = {}
+    for per_step in (0, 2):
+        model = _student(out, perturb=0.1)
+        stats = distill.main(
+            model, tok, BaseModelTeacher(model), PROMPTS,
+            cfg.model_copy(update={"qa_ce_replay_pairs_per_step": per_step}), seed=0,
+            progress=False, qa_pairs=[PAIR], replay_pairs=[OLD] * 3,
+        )  # fmt: skip
+        results[per_step] = _answer_loss(model, tok, OLD)
+        assert stats["distill_qa_ce_replay_pairs"] == (3 if per_step else 0)
+    # annealed to 0 for the new pair, the replayed one keeps its weight to the last step
+    assert results[2] < 0.7 * results[0]
+
+
 def test_teacher_with_another_tokenizer_is_refused(tiny, tmp_path):
     out, tok = tiny
     train_tokenizer(["something else entirely, other words"] * 20, 300, tmp_path / "other")

@@ -15,13 +15,13 @@ from test_e2e import tiny_settings
 
 from knowledge.settings import DistillConfig, ModelsConfig
 from knowledge.store import KnowledgeStore
-from learner.datasets import EvalSets, eval_sets, read_jsonl
+from learner.datasets import EvalSets, eval_sets, read_jsonl, sandbox_manifest
 from learner.doc_questions import doc_question_prompts, eval_questions, teacher_writer
 from learner.evals.qa import normalize
 from learner.forgetting import forget_document
 from learner.modeling import load_causal_lm, load_tokenizer
 from learner.pipeline import run_cycle
-from learner.qa_pairs import QAPair, document_pairs, parse_pair
+from learner.qa_pairs import QAPair, background_pairs, document_pairs, parse_pair
 from learner.registry import Registry
 from learner.teachers.base import BaseModelTeacher
 
@@ -114,6 +114,30 @@ def test_outside_the_sandbox_the_teacher_writes_pairs_once_per_document(sandbox_
     assert not cache.exists()  # forgetting a document forgets the pairs written from it
 
 
+def test_background_pairs_are_the_sandbox_pretraining_qa_or_written_once(sandbox_test, day1_store):
+    settings, _ = day1_store
+    known = {normalize(r["question"]) for r in read_jsonl(sandbox_test.known_qa_file)}
+    rows = read_jsonl(sandbox_test.background_train_questions_file)
+    pairs = background_pairs(settings, [], set(), _never_called)
+    assert [p.question for p in pairs] == [r["question"] for r in rows] and pairs
+    assert all(qa_in(p) for p in pairs) and not {normalize(p.question) for p in pairs} & known
+    skip = {normalize(rows[0]["question"])}
+    assert len(background_pairs(settings, [], skip, _never_called)) == len(pairs) - 1
+
+    settings.models = ModelsConfig(student=str(sandbox_test.student_dir))  # not sandbox:...
+    texts = ["The Oslo office is in Birch House. It opened in 2019.", "Mara Quinn leads Falcon."]
+
+    def write(conversations):
+        chunks = [c[-1]["content"].split("[1] ", 1)[1] for c in conversations]
+        answers = [" ".join(c.split()[:2]) for c in chunks]  # one call per text: ask apart
+        return [f"Question: Who or what is {a}?\nAnswer: {a}" for a in answers]
+
+    written = background_pairs(settings, texts, set(), write)
+    assert [p.answer for p in written] == ["The Oslo", "Mara Quinn"]
+    # cached by content: a later night replays them without asking again
+    assert background_pairs(settings, texts, set(), _never_called) == written
+
+
 def test_doc_prompts_carry_the_retrieved_chunks(sandbox_test, day1_store, tmp_path):
     settings, store = day1_store
     documents = store.list_documents()
@@ -156,10 +180,14 @@ def test_teacher_writer_replies_once_per_request(sandbox_test):
 @pytest.mark.slow
 def test_cycle_trains_on_pairs_and_distills_with_privileged_doc_questions(day1_store):
     settings, _ = day1_store
+    settings.learner.midtrain.background_pairs = True  # night 1 replays the base's own QA
+    settings.learner.distill.qa_ce_replay_pairs_per_step = 2
     result = run_cycle(settings, progress=False, notify=False)
     assert result.status == "succeeded", result.message
     metrics = json.loads(Registry(settings).get(result.version).metrics_json)
     assert metrics["midtrain_qa_pairs"] > 0 and metrics["distill_qa_ce_pairs"] > 0
+    known = read_jsonl(sandbox_manifest(settings).background_train_questions_file)
+    assert metrics["distill_qa_ce_replay_pairs"] == len(known)
     # OPD's cross-entropy keeps the pairs mid-training learned, formatted twins included
     assert settings.learner.midtrain.formatted_share == 1.0
     assert metrics["distill_qa_ce_pairs"] == metrics["midtrain_qa_pairs"]

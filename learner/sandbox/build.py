@@ -94,7 +94,7 @@ SIZE_CONFIGS: dict[str, SizeConfig] = {
         n_opd=1000,
     ),
 }
-DATA_VERSION = 7  # bump when the world / chat data recipe changes (invalidates cached builds)
+DATA_VERSION = 8  # bump when the world / chat data recipe changes (invalidates cached builds)
 AVG_CHAT_TOKENS = 70  # measured mean length of a training chat (sizes the generated set)
 
 
@@ -124,6 +124,7 @@ def write_data(world: World, cfg: SizeConfig, stage: Path, root: Path) -> Sandbo
         "known_qa_file": Path("data/known_qa.jsonl"),
         "incontext_qa_file": Path("data/incontext_qa.jsonl"),
         "known_doc_only_qa_file": Path("data/known_doc_only_qa.jsonl"),
+        "background_train_questions_file": Path("data/background_train_questions.jsonl"),
     }
     _write_docs(stage / rel["background_documents_dir"], world.documents(0))
     _write_jsonl(
@@ -140,6 +141,8 @@ def write_data(world: World, cfg: SizeConfig, stage: Path, root: Path) -> Sandbo
     doc_only = ps.qa_items([f for e in cd.doc_only(world) for f in e.facts()], "A")
     random.Random(f"doc-only-qa-{seed}").shuffle(doc_only)
     _write_jsonl(stage / rel["known_doc_only_qa_file"], doc_only[: cfg.n_known_qa])
+    train_known = ps.train_qa_items(cd.qa_trained(world))  # pre-training's B/C, never known_qa's A
+    _write_jsonl(stage / rel["background_train_questions_file"], train_known)
     rng = random.Random(f"incontext-eval-{seed}")  # its own stream: never a training example
     incontext = [cd.incontext_item(rng, world, "A") for _ in range(cfg.n_incontext)]
     _write_jsonl(
@@ -260,12 +263,13 @@ def is_complete(manifest: SandboxManifest) -> bool:
         manifest.opd_prompts_file,
         manifest.known_qa_file,
         manifest.incontext_qa_file,
+        manifest.background_train_questions_file,
     ]
     paths += [p for d in manifest.days for p in (d.documents_dir, d.qa_file, d.ifeval_file)]
     paths += [manifest.teacher_dir] if manifest.teacher_dir else []
     return (
         manifest.build_version == build_version(manifest.size)
-        and all(p.exists() for p in paths)
+        and all(p is not None and p.exists() for p in paths)
         and (manifest.student_dir / "config.json").exists()
     )
 

@@ -43,6 +43,9 @@ class SandboxManifest(BaseModel):
     # closed-book QA about known entities that appear in background documents only (no QA chats
     # in pre-training): measures whether document knowledge turns into answers
     known_doc_only_qa_file: Path | None = None
+    # QA JSONL like a day's train_questions_file about the background documents' QA-trained
+    # entities (the base's own pre-training QA): replayed so earlier knowledge stays answerable
+    background_train_questions_file: Path | None = None
     days: list[DayData]
     build_seconds: dict[str, float] = {}
     base_metrics: dict[str, float] = {}
