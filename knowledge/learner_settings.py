@@ -87,11 +87,12 @@ class MidtrainConfig(_Section):
     with earlier nights' documents (within the replay budget), so night 1 has replay too;
     null: the sandbox's documents about its initially known entities with sandbox models, else
     none."""
-    background_pairs: bool = False
+    background_pairs: bool = True
     """Replay QA pairs of the background documents too, beside earlier nights' pairs (the
     sandbox: its base's own pre-training QA about the known entities; else pairs the teacher
-    writes from each background chunk, kept when the answer is in it): true answers that do not
-    drift night after night as the model's own background answers do."""
+    writes from each background chunk, kept when the answer is in it, once per text: one
+    generation per chunk the first night): true answers that do not drift night after night as
+    the model's own background answers do."""
 
 
 class DistillConfig(_Section):
@@ -147,7 +148,7 @@ class DistillConfig(_Section):
     """QA pairs drawn for the cross-entropy term each step."""
     qa_ce_anneal: bool = True
     """The QA cross-entropy weight falls linearly to 0 over the OPD steps."""
-    qa_ce_replay_pairs_per_step: int = Field(0, ge=0)
+    qa_ce_replay_pairs_per_step: int = Field(8, ge=0)
     """Replayed QA pairs (earlier nights' and, with `midtrain.background_pairs`, the background
     documents') added to the cross-entropy each step at `qa_ce_weight`, never annealed: true
     answers hold earlier knowledge where the teacher (the previous model) already lost some."""
