@@ -181,9 +181,9 @@ def main(
     qa_examples = [chat_example(tokenizer, p.messages(), p.response) for p in qa_pairs or []]
     n_replay = cfg.qa_ce_replay_pairs_per_step if cfg.qa_ce_weight > 0 else 0
     replay_examples = [
-        chat_example(tokenizer, p.messages(), p.response) for p in replay_pairs or []
+        chat_example(tokenizer, p.messages(), p.response)
+        for p in (replay_pairs or [] if n_replay else [])
     ]
-    replay_examples = replay_examples if n_replay else []
     n_doc = min(len(doc_prompts), round(cfg.doc_question_share * cfg.prompts_per_step))
     earlier_prompts = earlier_prompts or []
     n_earlier = min(len(earlier_prompts), round(cfg.earlier_question_share * cfg.prompts_per_step))

@@ -23,6 +23,7 @@ base's own pre-training QA (`midtrain.background_pairs`).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -102,9 +103,30 @@ def _sandbox_pairs(settings: Settings, names: set[str]) -> dict[str, list[QAPair
             continue
         for row in read_jsonl(Path(day.train_questions_file)):
             if row["doc"] in names:
-                pair = QAPair(row["question"], row["response"], row["answer"])
-                out.setdefault(row["doc"], []).append(pair)
+                out.setdefault(row["doc"], []).append(_training_pair(row))
     return out
+
+
+def _training_pair(row: dict[str, str]) -> QAPair:
+    """A row of a sandbox training-questions file as a pair."""
+    return QAPair(row["question"], row["response"], row["answer"])
+
+
+def _cached_or_written(
+    path: Path, chunks: Callable[[], list[str]], write: Writer | None
+) -> list[QAPair]:
+    """The pairs cached at `path`, else the teacher's pairs of `chunks()` (then cached), else none."""
+    if path.exists():
+        return [QAPair(**row) for row in read_jsonl(path)]
+    if write is None:
+        return []
+    pairs = written_pairs(chunks(), write)
+    _write_cache(path, pairs)
+    return pairs
+
+
+def _chunk_texts(store: KnowledgeStore, doc_id: int) -> list[str]:
+    return [c.text for c in store.chunks_for([doc_id])]
 
 
 def _cache_path(settings: Settings, doc_id: int) -> Path:
@@ -137,13 +159,9 @@ def document_pairs(
         path = _cache_path(settings, document.id)
         if document.name in sandbox_names:
             pairs = by_name.get(document.name, [])
-        elif path.exists():
-            pairs = [QAPair(**row) for row in read_jsonl(path)]
-        elif write is not None:
-            pairs = written_pairs([c.text for c in store.chunks_for([document.id])], write)
-            _write_cache(path, pairs)
         else:
-            pairs = []
+            chunks = functools.partial(_chunk_texts, store, document.id)
+            pairs = _cached_or_written(path, chunks, write)
         out[document.id] = without(pairs, exclude)
     return out
 
@@ -157,18 +175,14 @@ def background_pairs(
     if uses_sandbox(settings) and not settings.learner.midtrain.background_documents_dir:
         path = sandbox_manifest(settings).background_train_questions_file
         rows = read_jsonl(path) if path is not None else []
-        return without([QAPair(r["question"], r["response"], r["answer"]) for r in rows], exclude)
-    knowledge, pairs = settings.knowledge, []
+        return without([_training_pair(r) for r in rows], exclude)
+    size, overlap = settings.knowledge.chunk_tokens, settings.knowledge.chunk_overlap
+    pairs: list[QAPair] = []
     for text in texts:
         digest = hashlib.sha256(text.encode()).hexdigest()[:16]
         path = settings.home / "qa_pairs" / "background" / f"{digest}.jsonl"
-        if path.exists():
-            pairs += [QAPair(**row) for row in read_jsonl(path)]
-        elif write is not None:
-            chunks = chunk_text(text, count_words, knowledge.chunk_tokens, knowledge.chunk_overlap)
-            written = written_pairs(chunks, write)
-            _write_cache(path, written)
-            pairs += written
+        chunks = functools.partial(chunk_text, text, count_words, size, overlap)
+        pairs += _cached_or_written(path, chunks, write)
     return without(pairs, exclude)
 
 

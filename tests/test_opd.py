@@ -296,36 +296,37 @@ def test_replay_sample_stops_at_the_budget():
     assert midtrain.replay_sample(examples, 0, random.Random(0)) == []
 
 
-def test_opd_keeps_the_qa_cross_entropy_on(tiny):
+def _opd_then_answer_loss(tiny, pair: QAPair, **update) -> tuple[float, dict]:
+    """15 OPD steps of a perturbed student with `update` on the config; `pair`'s answer loss."""
     out, tok = tiny
     cfg = DistillConfig(steps=15, prompts_per_step=2, group_size=2, max_new_tokens=6, lr=1e-2)
+    model = _student(out, perturb=0.1)
+    stats = distill.main(
+        model, tok, BaseModelTeacher(model), PROMPTS, cfg.model_copy(update=update), seed=0,
+        progress=False, qa_pairs=[PAIR], replay_pairs=[OLD] * 3,
+    )  # fmt: skip
+    return _answer_loss(model, tok, pair), stats
+
+
+def test_opd_keeps_the_qa_cross_entropy_on(tiny):
     results = {}
     for weight in (0.0, 1.0):
-        model = _student(out, perturb=0.1)
-        stats = distill.main(
-            model, tok, BaseModelTeacher(model), PROMPTS,
-            cfg.model_copy(update={"qa_ce_weight": weight}), seed=0, progress=False,
-            qa_pairs=[PAIR],
-        )  # fmt: skip
-        results[weight] = _answer_loss(model, tok, PAIR)
+        results[weight], stats = _opd_then_answer_loss(
+            tiny, PAIR, qa_ce_weight=weight, qa_ce_replay_pairs_per_step=0
+        )
         assert stats["distill_qa_ce_pairs"] == (1 if weight else 0)
     assert results[1.0] < 0.7 * results[0.0]
+    cfg = DistillConfig(steps=15)
     annealed = cfg.model_copy(update={"qa_ce_anneal": True, "qa_ce_weight": 2.0})
     assert [distill.qa_weight(annealed, s) for s in (0, 5, 15)] == pytest.approx([2.0, 4 / 3, 0.0])
 
 
 def test_opd_replays_earlier_pairs_at_full_weight_when_asked(tiny):
-    out, tok = tiny
-    cfg = DistillConfig(steps=15, prompts_per_step=2, group_size=2, max_new_tokens=6, lr=1e-2)
     results = {}
     for per_step in (0, 2):
-        model = _student(out, perturb=0.1)
-        stats = distill.main(
-            model, tok, BaseModelTeacher(model), PROMPTS,
-            cfg.model_copy(update={"qa_ce_replay_pairs_per_step": per_step}), seed=0,
-            progress=False, qa_pairs=[PAIR], replay_pairs=[OLD] * 3,
-        )  # fmt: skip
-        results[per_step] = _answer_loss(model, tok, OLD)
+        results[per_step], stats = _opd_then_answer_loss(
+            tiny, OLD, qa_ce_replay_pairs_per_step=per_step
+        )
         assert stats["distill_qa_ce_replay_pairs"] == (3 if per_step else 0)
     # annealed to 0 for the new pair, the replayed one keeps its weight to the last step
     assert results[2] < 0.7 * results[0]
