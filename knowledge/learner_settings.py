@@ -152,6 +152,15 @@ class DistillConfig(_Section):
     """Replayed QA pairs (earlier nights' and, with `midtrain.background_pairs`, the background
     documents') added to the cross-entropy each step at `qa_ce_weight`, never annealed: true
     answers hold earlier knowledge where the teacher (the previous model) already lost some."""
+    instruction_reward: float = Field(0.0, ge=0.0)
+    """Weight of the IFEval checker's reward beside the reverse-KL advantage (0: off): on
+    `instruction_prompts_per_step` general prompts with one or two verifiable instructions drawn
+    onto them, each sampled answer's share of instructions followed, minus its group's mean, is
+    added to its tokens' advantage (learner/instruction_reward.py). The checker does not drift
+    night after night as the previous model does."""
+    instruction_prompts_per_step: int = Field(4, ge=0)
+    """General prompts per step that get drawn instructions and the checker's reward (taken out
+    of the step's `prompts_per_step`), when `instruction_reward` > 0."""
 
     @model_validator(mode="after")
     def _doc_questions_need_context(self) -> DistillConfig:

@@ -34,9 +34,11 @@ from transformers import PreTrainedTokenizerBase
 from knowledge.errors import BadInputError
 from knowledge.settings import DistillConfig
 from learner.generation import Message
+from learner.instruction_reward import checker_rewards, draw_instructed, instructable
 from learner.losses import (
     IGNORE,
     causal_lm_loss,
+    group_relative_advantages,
     importance_sampling_loss,
     mean_reverse_kl,
     reverse_kl_advantages,
@@ -129,6 +131,10 @@ def _weighted_qa_loss(
     return weight * qa_cross_entropy(model, examples, n, QA_SEQ_LEN, pad_id, rng, world)
 
 
+def _mean(values: list[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
 def _sum_of(terms: list[Callable[[], torch.Tensor]]) -> torch.Tensor:
     return sum((term() for term in terms), torch.zeros(()))
 
@@ -187,17 +193,26 @@ def main(
     n_doc = min(len(doc_prompts), round(cfg.doc_question_share * cfg.prompts_per_step))
     earlier_prompts = earlier_prompts or []
     n_earlier = min(len(earlier_prompts), round(cfg.earlier_question_share * cfg.prompts_per_step))
-    n_general = min(cfg.prompts_per_step - n_doc - n_earlier, len(prompts))
+    stems = instructable(prompts) if cfg.instruction_reward > 0 else []
+    n_instructed = min(cfg.instruction_prompts_per_step, len(stems))
+    n_general = min(cfg.prompts_per_step - n_doc - n_earlier - n_instructed, len(prompts))
+    rewards: list[float] = []  # each step's mean checker reward on the instructed prompts
     bar = tqdm(range(cfg.steps), desc="distill (OPD)", unit="step", disable=not progress)
     for step in bar:
         batch_prompts = rng.sample(prompts, n_general) + rng.sample(earlier_prompts, n_earlier)
+        instructed = draw_instructed(stems, rng, n_instructed) if n_instructed else []
+        instructions = [None] * len(batch_prompts) + [d.instructions for d in instructed]
+        batch_prompts += [d.messages for d in instructed]
         contexts: list[Passages | None] = [None] * len(batch_prompts)
         if n_doc:
             docs = rng.sample(doc_prompts, n_doc)
             batch_prompts += [d.messages for d in docs]
             contexts += [d.passages if cfg.privileged_context else None for d in docs]
+            instructions += [None] * len(docs)
         mine = world.share(len(batch_prompts))
-        batch_prompts, contexts = batch_prompts[mine], contexts[mine]
+        batch_prompts, contexts, instructions = (
+            batch_prompts[mine], contexts[mine], instructions[mine]
+        )  # fmt: skip
         t0 = time.perf_counter()
         batch = sampler.sample(batch_prompts, cfg.group_size, cfg.temperature, cfg.max_new_tokens)
         t1 = time.perf_counter()
@@ -212,6 +227,14 @@ def main(
         advantages_B_T = reverse_kl_advantages(
             batch.sampler_logprobs_B_T, teacher_lp_B_T, mask_B_T, cfg.kl_coef, cfg.discount
         )
+        if n_instructed:
+            rewards_B = checker_rewards(tokenizer, batch, instructions)
+            advantages_B_T = advantages_B_T + cfg.instruction_reward * group_relative_advantages(
+                rewards_B, cfg.group_size, mask_B_T
+            )
+            scored = [i is not None for i in instructions]
+            n_scored = cfg.group_size * sum(scored)
+            rewards.append(world.sum(float(rewards_B.sum())) / max(1.0, world.sum(n_scored)))
         weight = qa_weight(cfg, step) if qa_examples else 0.0
         terms = []
         if weight > 0:
@@ -263,5 +286,8 @@ def main(
         "distill_student_tokens": student_tokens,
         "distill_qa_ce_pairs": len(qa_examples) if cfg.qa_ce_weight > 0 else 0,
         "distill_qa_ce_replay_pairs": len(replay_examples),
+        "distill_instructed_prompts_per_step": n_instructed,
+        "distill_instruction_reward_first": _mean(rewards[:10]),
+        "distill_instruction_reward_last": _mean(rewards[-10:]),
         **{f"distill_{k}_seconds": round(v, 2) for k, v in timings.items()},
     }

@@ -9,8 +9,9 @@ from transformers import Qwen3Config, Qwen3ForCausalLM
 
 from knowledge.errors import IncompatibleTeacherError
 from knowledge.settings import DistillConfig, MidtrainConfig, Settings
-from learner import distill, midtrain
+from learner import distill, instruction_reward, midtrain
 from learner.doc_questions import earlier_questions
+from learner.instruction_reward import carries_instruction
 from learner.modeling import load_tokenizer, stop_token_ids
 from learner.qa_pairs import QAPair
 from learner.sampling import LocalSampler
@@ -377,3 +378,32 @@ def test_earlier_questions_only_for_a_teacher_that_learned_them():
     off = previous.model_copy(deep=True)
     off.learner.distill.earlier_question_share = 0.0
     assert earlier_questions(off, pairs) == []
+
+
+def test_opd_draws_instructions_and_adds_the_checkers_reward(tiny, monkeypatch):
+    """With the reverse-KL advantage scaled to 0, the adapter stays where it is with the reward
+    off and the checker's reward alone moves it when on."""
+    out, tok = tiny
+    short = [("length_constraints:number_words", {"relation": "less than", "num_words": 3})]
+    # an instruction the random model's answers sometimes follow: rewards differ within groups
+    monkeypatch.setattr(instruction_reward, "sample_instructions", lambda rng: short)
+    cfg = DistillConfig(
+        steps=4, prompts_per_step=3, group_size=4, max_new_tokens=8, lr=1e-2, kl_coef=0.0
+    )
+    moved = {}
+    for weight in (0.0, 1.0):
+        model = _student(out)
+        sampler = _RecordingSampler(model, tok)
+        update = {"instruction_reward": weight, "instruction_prompts_per_step": 1}
+        stats = distill.main(
+            model, tok, BaseModelTeacher(model), PROMPTS, cfg.model_copy(update=update),
+            progress=False, sampler=sampler,
+        )  # fmt: skip
+        lora_B = [p for n, p in model.named_parameters() if "lora_B" in n]
+        moved[weight] = sum(float(p.detach().abs().sum()) for p in lora_B)
+        instructed = [sum(carries_instruction(p[-1]["content"]) for p in s) for s in sampler.steps]
+        # PROMPTS[1] already carries an instruction ("in lowercase" is not a drawn phrasing)
+        assert instructed == ([1] * 4 if weight else [0] * 4)
+        assert stats["distill_instructed_prompts_per_step"] == (1 if weight else 0)
+    assert moved[0.0] == 0.0 and moved[1.0] > 0.0
+    assert 0.0 < stats["distill_instruction_reward_last"] < 1.0
