@@ -157,7 +157,8 @@ class DistillConfig(_Section):
     `instruction_prompts_per_step` general prompts with one or two verifiable instructions drawn
     onto them, each sampled answer's share of instructions followed, minus its group's mean, is
     added to its tokens' advantage (learner/instruction_reward.py). The checker does not drift
-    night after night as the previous model does."""
+    night after night as the previous model does, but 0.3 held no more IFEval on chained nights
+    than 0 (README "Tenth search"), so it is off."""
     instruction_prompts_per_step: int = Field(4, ge=0)
     """General prompts per step that get drawn instructions and the checker's reward (taken out
     of the step's `prompts_per_step`), when `instruction_reward` > 0."""

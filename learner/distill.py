@@ -271,6 +271,7 @@ def main(
                     "reverse_kl": kl,
                     "loss": loss,
                     "completion_tokens": step_tokens,
+                    **({"instruction_reward": rewards[-1]} if n_instructed else {}),
                 }
             )
     return {
