@@ -24,7 +24,7 @@ from transformers import PreTrainedTokenizerBase
 
 from learner.evals.ifeval import check_instruction
 from learner.generation import Message
-from learner.instructions import IF_TEXT, Instruction, instruction_text, sample_instructions
+from learner.instructions import IF_TEXT, Instruction, instruction_texts, sample_instructions
 from learner.sampling import SampleBatch
 
 
@@ -65,8 +65,7 @@ def draw_instructed(
     drawn = []
     for stem in rng.sample(stems, n):
         instrs = sample_instructions(rng)
-        texts = " ".join(instruction_text(i, kw, rng) for i, kw in instrs)
-        last = {**stem[-1], "content": f"{stem[-1]['content']} {texts}"}
+        last = {**stem[-1], "content": f"{stem[-1]['content']} {instruction_texts(instrs, rng)}"}
         drawn.append(InstructedPrompt([*stem[:-1], last], instrs))
     return drawn
 

@@ -98,6 +98,11 @@ def instruction_text(instruction_id: str, kwargs: dict[str, Any], rng: random.Ra
     return rng.choice(IF_TEXT[instruction_id]).format(kw=kw, **kwargs)
 
 
+def instruction_texts(instrs: list[Instruction], rng: random.Random) -> str:
+    """The instructions' phrasings (each drawn by `rng`), to append to a prompt."""
+    return " ".join(instruction_text(i, kw, rng) for i, kw in instrs)
+
+
 def render_response(content: list[str], instrs: list[Instruction], title: str) -> str:
     """A response that follows `instrs`, built from content sentences (templated, so learnable)."""
     ids = dict(instrs)
@@ -149,6 +154,5 @@ def with_instructions(
         instrs = sample_instructions(rng)
         response = render_response(content, instrs, title)
         if follows_all(response, instrs):
-            texts = " ".join(instruction_text(i, kw, rng) for i, kw in instrs)
-            return f"{prompt} {texts}", response, instrs
+            return f"{prompt} {instruction_texts(instrs, rng)}", response, instrs
     return None

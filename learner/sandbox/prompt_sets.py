@@ -13,7 +13,7 @@ import random
 from typing import Any
 
 from learner.generation import Message
-from learner.instructions import instruction_text, sample_instructions
+from learner.instructions import instruction_texts, sample_instructions
 from learner.sandbox import world as w
 from learner.sandbox.chat_data import (
     ABOUT,
@@ -81,11 +81,10 @@ def ifeval_items(
             e = rng.choice(entities)
             prompt = rng.choice(ABOUT).format(name=about_name(e))
         instrs = sample_instructions(rng)
-        text = " ".join(instruction_text(i, kw, rng) for i, kw in instrs)
         items.append(
             {
                 "key": 1000 * day + len(items),
-                "prompt": f"{prompt} {text}",
+                "prompt": f"{prompt} {instruction_texts(instrs, rng)}",
                 "instruction_id_list": [i for i, _ in instrs],
                 "kwargs": [kw for _, kw in instrs],
             }
