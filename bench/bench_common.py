@@ -22,14 +22,15 @@ CPU = torch.device("cpu")
 
 
 def settings_from_args(config: str, size: str | None, overrides: list[str]) -> Settings:
-    """Load a profile; `overrides` are `section.key=value` on settings.learner (e.g. midtrain.lr=1e-3)."""
+    """Load a profile; `overrides` are `section.key=value` or `key=value` on settings.learner
+    (e.g. midtrain.lr=1e-3, start=base)."""
     settings = load_settings(config)
     if size:
         settings.sandbox.size = size
     for item in overrides:
         path, value = item.split("=", 1)
-        section, key = path.split(".")
-        target = getattr(settings.learner, section)
+        *section, key = path.split(".")
+        target = getattr(settings.learner, section[0]) if section else settings.learner
         current = getattr(target, key)
         if isinstance(current, bool):  # bool("false") is True
             parsed: object = value.lower() in ("1", "true", "yes", "on")

@@ -6,6 +6,8 @@ distillation, the gate and the eval. Part of `knowledge.settings.Settings`, whic
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field, model_validator
 
 from knowledge.section import Section as _Section
@@ -258,6 +260,13 @@ class LearnerConfig(_Section):
     """How many processes train together."""
     seed: int = 0
     """Seed of the cycle's mid-training and distillation (sampling, shuffling, packing)."""
+    start: Literal["served", "base"] = "served"
+    """Where each night's adapter starts. `served`: the served adapter goes on learning the new
+    documents (earlier ones replayed). `base`: a fresh LoRA on every document so far, every
+    night something new arrived (as after forgetting): nothing carries over from night to night
+    but the documents, so nothing drifts, while mid-training grows with the corpus; the
+    `previous` teacher is then the base (the model before this cycle's mid-training), and the
+    gate still holds each earlier day's QA to the served adapter's."""
 
     @model_validator(mode="after")
     def _ranks_fit(self) -> LearnerConfig:

@@ -33,7 +33,7 @@ from knowledge.store import KnowledgeStore
 from knowledge.tables import utcnow
 from learner import distill, midtrain
 from learner.data_parallel import launch
-from learner.datasets import eligible_documents, training_prompts
+from learner.datasets import training_prompts
 from learner.doc_questions import (
     doc_question_prompts,
     earlier_questions,
@@ -44,7 +44,6 @@ from learner.evals.evaluate import evaluate_model
 from learner.evals.qa import normalize
 from learner.evals.written import cycle_eval_sets
 from learner.failures import describe_failure, require_gpu
-from learner.forgetting import rebuild_reason
 from learner.gate import passes_gate
 from learner.lease import CycleLease
 from learner.memory import StagePeaks
@@ -55,12 +54,13 @@ from learner.modeling import (
     resolve_model_ref,
     torch_device,
 )
-from learner.plan import count_tokens, work_tokens
+from learner.plan import count_tokens, select_documents, work_tokens
 from learner.qa_pairs import background_pairs, document_pairs
 from learner.recovery import recover_after_crash
 from learner.registry import BASE, Registry
 from learner.tables import Run
 from learner.teachers.factory import check_teacher, cycle_teacher
+from learner.teachers.previous import previous_adapter
 from learner.vllm_sampler import opd_sampler
 from learner.webhook import send_webhook
 
@@ -201,19 +201,15 @@ def _cycle(
     try:
         require_gpu(settings)  # a GPU profile on a host without one: refuse before any work
         with run.stage("select"):
-            served = registry.served_version()
-            # after forgetting: a fresh LoRA on every remaining document, not the served one continued
-            rebuild = rebuild_reason(registry)
-            start = BASE if rebuild else served  # the adapter this cycle continues
-            trained_ids = [] if rebuild else registry.served_documents()
             store = KnowledgeStore(settings)
-            new_docs = eligible_documents(settings, store, trained_ids)  # learner.sources.documents
+            pick = select_documents(settings, registry, store)  # learner/plan.py
+            served, rebuild, start = pick.served, pick.rebuild, pick.start
+            new_docs, earlier_docs = pick.new, pick.earlier
             if not new_docs:
                 raise NothingToTrainError(
                     "no new company documents since the served adapter; nothing to train"
                 )
-            lineage = sorted(set(trained_ids) | {d.id for d in new_docs})
-            earlier_docs = [d for d in store.list_documents() if d.id in set(trained_ids)]
+            lineage = sorted({d.id for d in new_docs + earlier_docs})
             documents = [store.document_text(d.id) for d in new_docs]
             student_path = resolve_model_ref(settings, settings.models.student)
             device = torch_device(settings)
@@ -238,17 +234,19 @@ def _cycle(
         run.summary["sources"] = {"documents": len(new_docs), **prompts.sources}
         run.metric({"stage": "sources", **run.summary["sources"]})
 
-        # The teacher (the served model, frozen, by default) writes the eval items and the QA
-        # pairs of documents without any and scores OPD: open from here through distillation.
+        # The teacher (by default the model before mid-training, frozen: the served adapter, or
+        # the base on a rebuild) writes the eval items and the QA pairs of documents without any
+        # and scores OPD: open from here through distillation.
         with ExitStack() as stack:
             served_dir = None if served == BASE else registry.verify(served)
+            start_dir = None if start == BASE else served_dir
             teacher = stack.enter_context(
-                cycle_teacher(settings, model, tokenizer, device, served, served_dir)
+                cycle_teacher(settings, model, tokenizer, device, start, start_dir)
             )
             write = teacher_writer(teacher, model, tokenizer, settings.learner.eval.max_new_tokens)
             with run.stage("write_evals"):
                 sets = cycle_eval_sets(
-                    settings, store, registry.engine, new_docs + earlier_docs, new_docs,
+                    settings, store, registry.engine, new_docs + earlier_docs, pick.fresh,
                     write, prompts, run.dir, run.id,
                 )  # fmt: skip
                 exclude = eval_questions(sets)
@@ -259,6 +257,12 @@ def _cycle(
                 before = _evaluate(settings, model, tokenizer, sets, progress, store)
                 if start == BASE:
                     base = before
+                    if served_dir is not None:  # a rebuild: the gate compares with the served
+                        with previous_adapter(model, served_dir, served) as served_model:
+                            with served_model.active():
+                                before = _evaluate(
+                                    settings, model, tokenizer, sets, progress, store
+                                )
                 else:
                     with model.disable_adapter():
                         base = _evaluate(settings, model, tokenizer, sets, progress, store)
@@ -306,10 +310,10 @@ def _cycle(
                     if settings.learner.midtrain.qa_pairs
                     else [],
                 }
-                if ranks > 1:  # each rank opens the same teacher (served, served_dir)
+                if ranks > 1:  # each rank opens the same teacher (start, start_dir)
                     opd = launch(
                         settings, "distill", model, opd_inputs, run.dir / "ranks", run.metric,
-                        served, served_dir,
+                        start, start_dir,
                     )  # fmt: skip
                 else:
                     with opd_sampler(settings, model, tokenizer, run.dir) as sampler:

@@ -19,15 +19,48 @@ from knowledge.db import open_database
 from knowledge.errors import NothingToTrainError
 from knowledge.settings import Settings
 from knowledge.store import KnowledgeStore
+from knowledge.tables import Document
 from learner.datasets import eligible_documents, training_prompts
 from learner.forgetting import rebuild_reason
 from learner.modeling import load_tokenizer, resolve_model_ref
-from learner.registry import Registry
+from learner.registry import BASE, Registry
 from learner.tables import Run
 
 # Only for the very first cycle: an order of magnitude, not a promise.
 ROUGH_TOKENS_PER_SECOND = 2000.0
 ROUGH_FIXED_SECONDS = 30.0  # model loading and the evaluations
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The documents a cycle works on, chosen once for `run_cycle` and `plan_cycle`."""
+
+    served: str  # the version served when the cycle starts ("base" when none)
+    rebuild: str | None  # why the cycle starts from the base model (a fresh LoRA), or None
+    new: list[Document]  # what mid-training learns as new: every eligible document on a rebuild
+    fresh: list[Document]  # new to the served adapter: the eval's new sets, the gate's gain
+    earlier: list[Document]  # in the served adapter's lineage, replayed (none on a rebuild)
+
+    @property
+    def start(self) -> str:
+        """The adapter the cycle continues ("base": a fresh LoRA)."""
+        return BASE if self.rebuild else self.served
+
+
+def select_documents(settings: Settings, registry: Registry, store: KnowledgeStore) -> Selection:
+    """Which documents the next cycle trains on, and whether it starts from the base model:
+    after forgetting (learner/forgetting.py), or every night with `learner.start: base` once
+    something new arrived. NothingToTrainError when `learner.sources.documents` is off."""
+    served = registry.served_version()
+    served_ids = registry.served_documents()
+    fresh = eligible_documents(settings, store, served_ids)
+    rebuild = rebuild_reason(registry)
+    if rebuild is None and fresh and served != BASE and settings.learner.start == "base":
+        rebuild = f"learner.start is base: a fresh LoRA on every document, not {served} continued"
+    if rebuild:
+        return Selection(served, rebuild, eligible_documents(settings, store, []), fresh, [])
+    earlier = [d for d in store.list_documents() if d.id in set(served_ids)]
+    return Selection(served, None, fresh, fresh, earlier)
 
 
 @dataclass
@@ -41,7 +74,7 @@ class PlannedDocument:
 @dataclass
 class CyclePlan:
     served: str
-    rebuild: str | None = None  # why the cycle would start from the base model (forgetting)
+    rebuild: str | None = None  # why the cycle would start from the base model
     documents: list[PlannedDocument] = field(default_factory=list)
     document_tokens: int = 0
     work_tokens: int = 0  # tokens mid-training and distillation will process
@@ -89,17 +122,15 @@ def _estimate(settings: Settings, work: int) -> tuple[float, str]:
 def plan_cycle(settings: Settings) -> CyclePlan:
     """The documents the next cycle would select (same rule as `run_cycle`) and an estimate."""
     registry = Registry(settings)
-    served = registry.served_version()
     store = KnowledgeStore(settings)
-    rebuild = rebuild_reason(registry)
-    trained_ids = [] if rebuild else registry.served_documents()
-    plan = CyclePlan(served=served, rebuild=rebuild)
+    plan = CyclePlan(served=registry.served_version())
     plan.sources_off = [k for k, on in settings.learner.sources.model_dump().items() if not on]
     try:
-        new_docs = eligible_documents(settings, store, trained_ids)
+        selection = select_documents(settings, registry, store)
     except NothingToTrainError as exc:  # learner.sources.documents is off
         plan.message = str(exc)
         return plan
+    plan.rebuild, new_docs = selection.rebuild, selection.new
     if not new_docs:
         plan.message = "nothing new since the served adapter: the cycle would be skipped"
         return plan
@@ -114,6 +145,6 @@ def plan_cycle(settings: Settings) -> CyclePlan:
     plan.estimated_seconds, plan.estimate_basis = _estimate(settings, plan.work_tokens)
     plan.estimated_seconds = round(plan.estimated_seconds, 1)
     plan.message = f"would train on {len(new_docs)} document(s), {plan.document_tokens} tokens"
-    if rebuild:
-        plan.message += f" (a rebuild: {rebuild})"
+    if plan.rebuild:
+        plan.message += f" (a rebuild: {plan.rebuild})"
     return plan

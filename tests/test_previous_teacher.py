@@ -155,3 +155,33 @@ def test_night_two_distills_from_night_one(sandbox_test, tmp_path):
             assert "qa_day1" in result.after and "qa_day2" in result.after
             assert result.after["n_qa_new"] == result.after["n_qa_day2"]
     assert names == ["previous (base)", "previous (v0001)"]
+
+
+@pytest.mark.slow
+def test_start_base_rebuilds_each_night_and_gates_against_the_served(sandbox_test, tmp_path):
+    """`learner.start: base`: night 2 is a fresh LoRA on both days' documents, taught by the
+    base (the model before its mid-training), and the gate compares it with the served v0001."""
+    settings = tiny_settings(tmp_path, sandbox_test)
+    settings.learner.start = "base"
+    settings.learner.midtrain.epochs, settings.learner.midtrain.lr = 8, 1e-2  # v0001 differs
+    settings.learner.midtrain.doc_fraction = 1.0
+    store = KnowledgeStore(settings)
+    results = []
+    for day in sandbox_test.days[:2]:
+        store.ingest_paths(sorted(day.documents_dir.glob("*.md")))
+        results.append(run_cycle(settings, progress=False, notify=False))
+        assert results[-1].status == "succeeded" and results[-1].promoted, results[-1].message
+    night1, night2 = results
+    registry = Registry(settings)
+    assert registry.get(night2.version).parent_version is None  # a fresh LoRA, not v0001 continued
+    metrics = json.loads(registry.get(night2.version).metrics_json)
+    assert metrics["distill_teacher"] == "previous (base)"
+    assert metrics["midtrain_doc_tokens"] > 1.5 * json.loads(
+        registry.get(night1.version).metrics_json
+    )["midtrain_doc_tokens"]  # both days' documents learned as new
+    # `before` is the served v0001 (it knows day 1), not the fresh LoRA (the base)
+    assert night2.before["qa_day1"] == pytest.approx(night1.after["qa_day1"], abs=0.05)
+    shared = [k for k, v in night2.base.items() if isinstance(v, float) and k in night2.before]
+    assert any(abs(night2.before[k] - night2.base[k]) > 1e-6 for k in shared)
+    assert night2.after["n_qa_new"] == night2.after["n_qa_day2"]  # day 1 is gated as earlier
+    assert run_cycle(settings, progress=False, notify=False).status == "skipped"  # nothing new
