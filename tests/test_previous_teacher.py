@@ -176,9 +176,10 @@ def test_start_base_rebuilds_each_night_and_gates_against_the_served(sandbox_tes
     assert registry.get(night2.version).parent_version is None  # a fresh LoRA, not v0001 continued
     metrics = json.loads(registry.get(night2.version).metrics_json)
     assert metrics["distill_teacher"] == "previous (base)"
-    assert metrics["midtrain_doc_tokens"] > 1.5 * json.loads(
-        registry.get(night1.version).metrics_json
-    )["midtrain_doc_tokens"]  # both days' documents learned as new
+    assert (
+        metrics["midtrain_doc_tokens"]
+        > 1.5 * json.loads(registry.get(night1.version).metrics_json)["midtrain_doc_tokens"]
+    )  # both days' documents learned as new
     # `before` is the served v0001 (it knows day 1), not the fresh LoRA (the base)
     assert night2.before["qa_day1"] == pytest.approx(night1.after["qa_day1"], abs=0.05)
     shared = [k for k, v in night2.base.items() if isinstance(v, float) and k in night2.before]
