@@ -209,7 +209,7 @@ def _cycle(
                 raise NothingToTrainError(
                     "no new company documents since the served adapter; nothing to train"
                 )
-            lineage = sorted({d.id for d in new_docs + earlier_docs})
+            lineage = pick.lineage
             documents = [store.document_text(d.id) for d in new_docs]
             student_path = resolve_model_ref(settings, settings.models.student)
             device = torch_device(settings)

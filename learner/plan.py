@@ -40,11 +40,17 @@ class Selection:
     new: list[Document]  # what mid-training learns as new: every eligible document on a rebuild
     fresh: list[Document]  # new to the served adapter: the eval's new sets, the gate's gain
     earlier: list[Document]  # in the served adapter's lineage, replayed (none on a rebuild)
+    continued_ids: list[int]  # the lineage of the adapter continued (superseded versions too)
 
     @property
     def start(self) -> str:
         """The adapter the cycle continues ("base": a fresh LoRA)."""
         return BASE if self.rebuild else self.served
+
+    @property
+    def lineage(self) -> list[int]:
+        """Every document version the trained adapter will have learned."""
+        return sorted(set(self.continued_ids) | {d.id for d in self.new})
 
 
 def select_documents(settings: Settings, registry: Registry, store: KnowledgeStore) -> Selection:
@@ -58,9 +64,9 @@ def select_documents(settings: Settings, registry: Registry, store: KnowledgeSto
     if rebuild is None and fresh and served != BASE and settings.learner.start == "base":
         rebuild = f"learner.start is base: a fresh LoRA on every document, not {served} continued"
     if rebuild:
-        return Selection(served, rebuild, eligible_documents(settings, store, []), fresh, [])
+        return Selection(served, rebuild, eligible_documents(settings, store, []), fresh, [], [])
     earlier = [d for d in store.list_documents() if d.id in set(served_ids)]
-    return Selection(served, None, fresh, fresh, earlier)
+    return Selection(served, None, fresh, fresh, earlier, served_ids)
 
 
 @dataclass
