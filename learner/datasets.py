@@ -1,7 +1,8 @@
 """Where the nightly cycle's prompts and eval sets come from.
 
 With sandbox models (`models.student: sandbox:...`) they come from the sandbox manifest: the QA
-eval is every sandbox day whose documents have been ingested, IFEval is the held-out day-1 set.
+eval is every sandbox day whose documents have been ingested, IFEval is every day's held-out set
+(150 items a day on the demo sandbox: the gate's IFEval difference rests on all 450).
 Otherwise from the paths in the config where given, else: QA items the teacher writes from the
 documents (learner/evals/written.py) and the shipped IFEval-format set
 (learner/evals/company_ifeval.py).
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -41,6 +42,21 @@ class EvalSets:
 def read_jsonl(path: Path) -> list[dict]:
     with open(path) as fh:
         return [json.loads(line) for line in fh if line.strip()]
+
+
+def concat_jsonl(paths: Sequence[Path], out: Path) -> Path:
+    """The rows of `paths`, in order, written to `out` (one eval file made of several)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("".join(json.dumps(r) + "\n" for p in paths for r in read_jsonl(p)))
+    return out
+
+
+def sandbox_ifeval_file(
+    manifest: SandboxManifest, out: Path, locate: Callable[[Path], Path] = Path
+) -> Path:
+    """Every sandbox day's held-out IFEval items in one file (`locate` maps a manifest path to
+    where it lies now; the build scores them before its stage is moved into place)."""
+    return concat_jsonl([locate(d.ifeval_file) for d in manifest.days], out)
 
 
 def uses_sandbox(settings: Settings) -> bool:
@@ -162,7 +178,9 @@ def eval_sets(
                 rows = [r for p in clozes for r in read_jsonl(p)]
                 rows = cap_earlier(rows, sets.new_sets, cfg.max_earlier_items)
                 sets.cloze_file.write_text("".join(json.dumps(r) + "\n" for r in rows))
-        sets.ifeval_file = sets.ifeval_file or manifest.days[0].ifeval_file
+        if sets.ifeval_file is None:
+            # All days' items: on one day's 150, identical runs' IFEval differed by 5 points.
+            sets.ifeval_file = sandbox_ifeval_file(manifest, workdir / "ifeval_eval.jsonl")
         sets.known_qa_file = sets.known_qa_file or manifest.known_qa_file
         sets.incontext_qa_file = manifest.incontext_qa_file
     else:

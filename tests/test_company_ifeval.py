@@ -53,3 +53,11 @@ def test_outside_the_sandbox_the_gate_scores_the_shipped_set(sandbox_test, tmp_p
     assert (
         eval_sets(settings, [], tmp_path / "eval").ifeval_file == sandbox_test.days[0].ifeval_file
     )
+
+
+def test_in_the_sandbox_the_gate_scores_every_days_ifeval_items(sandbox_test, tmp_path):
+    settings = tiny_settings(tmp_path, sandbox_test)
+    rows = read_jsonl(eval_sets(settings, [], tmp_path / "eval").ifeval_file)
+    per_day = [read_jsonl(d.ifeval_file) for d in sandbox_test.days]
+    assert len(per_day) >= 3 and rows == [r for day in per_day for r in day]
+    assert len({r["key"] for r in rows}) == len(rows)  # no item twice

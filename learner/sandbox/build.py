@@ -19,6 +19,7 @@ import os
 import random
 import shutil
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,7 @@ from typing import Literal
 import torch
 
 from knowledge.errors import SandboxNotBuiltError
+from learner.datasets import sandbox_ifeval_file
 from learner.evals.evaluate import evaluate_model
 from learner.sandbox import chat_data as cd
 from learner.sandbox import prompt_sets as ps
@@ -235,18 +237,19 @@ def _base_metrics(
             "known_doc_only_qa": doc_only["qa_closed_book"],
             "n_known_doc_only_qa": doc_only["n_qa"],
         }
-    return extra | evaluate_model(
-        model,
-        tokenizer,
-        qa_file=staged(day1.qa_file),
-        ifeval_file=staged(day1.ifeval_file),
-        known_qa_file=staged(manifest.known_qa_file),
-        incontext_qa_file=staged(manifest.incontext_qa_file),
-        cloze_file=staged(day1.cloze_file) if day1.cloze_file else None,
-        new_sets={day1.name},
-        limit=cfg.eval_limit,
-        progress=progress,
-    )
+    with tempfile.TemporaryDirectory() as scratch:  # every day's IFEval items, as the cycle scores
+        return extra | evaluate_model(
+            model,
+            tokenizer,
+            qa_file=staged(day1.qa_file),
+            ifeval_file=sandbox_ifeval_file(manifest, Path(scratch) / "ifeval.jsonl", staged),
+            known_qa_file=staged(manifest.known_qa_file),
+            incontext_qa_file=staged(manifest.incontext_qa_file),
+            cloze_file=staged(day1.cloze_file) if day1.cloze_file else None,
+            new_sets={day1.name},
+            limit=cfg.eval_limit,
+            progress=progress,
+        )
 
 
 def build_version(size: str) -> str:
