@@ -212,8 +212,8 @@ class EvalConfig(_Section):
     fixed seed, so the eval cost stops growing as nights add up (this cycle's new sets are always
     scored whole; 1000 items: a standard error of at most ~1.6 points)."""
     ifeval_file: str | None = None
-    """IFEval JSONL {"key", "prompt", "instruction_id_list", "kwargs"}. Unset: the sandbox's
-    held-out set, or outside it the shipped company set (learner/evals/data)."""
+    """IFEval JSONL {"key", "prompt", "instruction_id_list", "kwargs"}. Unset: every sandbox
+    day's held-out items, or outside the sandbox the shipped company set (learner/evals/data)."""
     known_qa_file: str | None = None
     """QA JSONL on what the model knew before (forgetting check)."""
 
