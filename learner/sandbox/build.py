@@ -19,7 +19,6 @@ import os
 import random
 import shutil
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,10 +27,9 @@ from typing import Literal
 import torch
 
 from knowledge.errors import SandboxNotBuiltError
-from learner.datasets import sandbox_ifeval_file
-from learner.evals.evaluate import evaluate_model
 from learner.sandbox import chat_data as cd
 from learner.sandbox import prompt_sets as ps
+from learner.sandbox.base_metrics import base_metrics
 from learner.sandbox.manifest import (
     MANIFEST_NAME,
     DayData,
@@ -212,46 +210,6 @@ def _train_model(
     return model
 
 
-def _base_metrics(
-    model: torch.nn.Module,
-    tokenizer,
-    manifest: SandboxManifest,
-    stage: Path,
-    cfg: SizeConfig,
-    progress: bool,
-) -> dict[str, float]:  # noqa: ANN001
-    def staged(path: Path) -> Path:  # evaluation runs before the stage is renamed into place
-        return stage / path.relative_to(manifest.root)
-
-    day1 = manifest.days[0]
-    extra = {}
-    if manifest.known_doc_only_qa_file:
-        doc_only = evaluate_model(
-            model,
-            tokenizer,
-            qa_file=staged(manifest.known_doc_only_qa_file),
-            limit=cfg.eval_limit,
-            progress=progress,
-        )
-        extra = {
-            "known_doc_only_qa": doc_only["qa_closed_book"],
-            "n_known_doc_only_qa": doc_only["n_qa"],
-        }
-    with tempfile.TemporaryDirectory() as scratch:  # every day's IFEval items, as the cycle scores
-        return extra | evaluate_model(
-            model,
-            tokenizer,
-            qa_file=staged(day1.qa_file),
-            ifeval_file=sandbox_ifeval_file(manifest, Path(scratch) / "ifeval.jsonl", staged),
-            known_qa_file=staged(manifest.known_qa_file),
-            incontext_qa_file=staged(manifest.incontext_qa_file),
-            cloze_file=staged(day1.cloze_file) if day1.cloze_file else None,
-            new_sets={day1.name},
-            limit=cfg.eval_limit,
-            progress=progress,
-        )
-
-
 def build_version(size: str) -> str:
     # The teacher's spec is left out: changing it must not invalidate a built student.
     cfg = dataclasses.replace(SIZE_CONFIGS[size], teacher=None, teacher_train=None)
@@ -332,7 +290,9 @@ def _build_fresh(
     model = _train_model(world, tokenizer, cfg, False, stage / "student", progress)
     seconds["student_pretrain"] = time.time() - t
     t = time.time()
-    manifest.base_metrics = _base_metrics(model, tokenizer, manifest, stage, cfg, progress)
+    manifest.base_metrics = base_metrics(
+        model, tokenizer, manifest, stage, cfg.eval_limit, progress
+    )
     seconds["student_eval"] = time.time() - t
     _log(
         progress,
@@ -343,7 +303,9 @@ def _build_fresh(
         tmodel = _train_model(world, tokenizer, cfg, True, stage / "teacher", progress)
         manifest.teacher_dir = root / "teacher"
         seconds["teacher_pretrain"] = time.time() - t
-        manifest.teacher_metrics = _base_metrics(tmodel, tokenizer, manifest, stage, cfg, progress)
+        manifest.teacher_metrics = base_metrics(
+            tmodel, tokenizer, manifest, stage, cfg.eval_limit, progress
+        )
     seconds["total"] = time.time() - start
     manifest.build_seconds = {k: round(v, 1) for k, v in seconds.items()}
     (stage / MANIFEST_NAME).write_text(manifest.model_dump_json(indent=2))
@@ -371,7 +333,9 @@ def _add_teacher(manifest: SandboxManifest, cfg: SizeConfig, progress: bool) -> 
     stage.rename(root / "teacher")
     manifest.teacher_dir = root / "teacher"
     manifest.build_seconds["teacher_pretrain"] = round(time.time() - start, 1)
-    manifest.teacher_metrics = _base_metrics(tmodel, tokenizer, manifest, root, cfg, progress)
+    manifest.teacher_metrics = base_metrics(
+        tmodel, tokenizer, manifest, root, cfg.eval_limit, progress
+    )
     manifest.save()  # atomic (tmp + rename)
     return manifest
 
