@@ -23,14 +23,18 @@ CPU = torch.device("cpu")
 
 def settings_from_args(config: str, size: str | None, overrides: list[str]) -> Settings:
     """Load a profile; `overrides` are `section.key=value` or `key=value` on settings.learner
-    (e.g. midtrain.lr=1e-3, start=base)."""
+    (e.g. midtrain.lr=1e-3, start=base), or on another section of the settings
+    (models.general_teacher=base)."""
     settings = load_settings(config)
     if size:
         settings.sandbox.size = size
     for item in overrides:
         path, value = item.split("=", 1)
         *section, key = path.split(".")
-        target = getattr(settings.learner, section[0]) if section else settings.learner
+        root = settings.learner
+        if section and not hasattr(root, section[0]):
+            root = settings  # a top-level section, e.g. models
+        target = getattr(root, section[0]) if section else root
         current = getattr(target, key)
         if isinstance(current, bool):  # bool("false") is True
             parsed: object = value.lower() in ("1", "true", "yes", "on")

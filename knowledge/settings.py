@@ -56,6 +56,12 @@ class ModelsConfig(_Section):
     learned); "server:http://host:port/v1[#model]": a completions server (vLLM, or another
     protege) scoring with prompt_logprobs (learner/teachers/server.py); anything else: a model
     folder or hub id sharing the student's tokenizer."""
+    general_teacher: Literal["teacher", "base"] = "teacher"
+    """Who scores OPD's general prompts (instruction tasks, questions about what the base knew
+    before any document). "teacher": the teacher above scores every prompt; "base": the raw base
+    weights score them (the instruction following a night loses is then restored toward the
+    base's the next night instead of becoming its floor), while the questions about company
+    documents stay with `teacher`. Only differs from "teacher" when the teacher is not the base."""
     device: Literal["cpu", "cuda", "auto"] = "cpu"
     """Where models run; "auto": CUDA when a GPU is visible, else CPU ("cuda" without one is a
     config error)."""

@@ -109,7 +109,7 @@ def _rank_main(job_dir: Path) -> None:
 
     from learner import distill, midtrain
     from learner.modeling import load_causal_lm, load_tokenizer, resolve_model_ref, torch_device
-    from learner.teachers.factory import cycle_teacher
+    from learner.teachers.factory import cycle_teacher, general_teacher
     from learner.world import current_world
 
     spec = pickle.loads((job_dir / SPEC).read_bytes())
@@ -141,9 +141,11 @@ def _rank_main(job_dir: Path) -> None:
         else:
             served, served_dir = spec["served"], spec["served_dir"]
             with cycle_teacher(settings, model, tokenizer, device, served, served_dir) as teacher:
+                general = general_teacher(settings, model, teacher)
                 stats = distill.main(
-                    model, tokenizer, teacher, cfg=settings.learner.distill, **common
-                )
+                    model, tokenizer, teacher, cfg=settings.learner.distill,
+                    general_teacher=general, **common,
+                )  # fmt: skip
         if world.is_main:
             partial = job_dir / f"{OUT}.partial"
             model.save_pretrained(str(partial), selected_adapters=[model.active_adapter])

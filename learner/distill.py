@@ -12,6 +12,10 @@ Questions about the new documents (`doc_prompts`, learner/doc_questions.py) fill
 `doc_question_share` of each step's prompts; with `privileged_context` the teacher scores their
 answers with the retrieved passages in its prompt (learner/teachers/privileged.py).
 
+The general prompts can be scored by another teacher (`general_teacher`: the raw base with
+`models.general_teacher: base`, learner/teachers/factory.general_teacher) than the questions about
+company documents.
+
 Questions about earlier nights' documents (`earlier_prompts`) fill `earlier_question_share` of
 each step's prompts: the teacher, the model served when the cycle started, knows those answers,
 so OPD restores what mid-training blurred of them, as it does for what the base knew.
@@ -160,6 +164,7 @@ def main(
     qa_pairs: list[QAPair] | None = None,
     earlier_prompts: list[list[Message]] | None = None,
     replay_pairs: list[QAPair] | None = None,
+    general_teacher: Teacher | None = None,
     world: World = SINGLE,
 ) -> dict:
     """Train the model's active adapter in place; returns summary stats.
@@ -171,6 +176,9 @@ def main(
     `cfg.qa_ce_pairs_per_step` of those pairs (the new facts stay while OPD restores behaviour:
     the teacher does not know them and would pull them out otherwise), and of
     `cfg.qa_ce_replay_pairs_per_step` of `replay_pairs` at the full weight (earlier knowledge).
+
+    With `general_teacher`, that teacher scores the answers to `prompts` (the general prompts,
+    instructed ones included) and `teacher` those to the earlier and document questions.
     """
     if not prompts:
         raise BadInputError("OPD needs at least one prompt")
@@ -203,15 +211,17 @@ def main(
         instructed = draw_instructed(stems, rng, n_instructed) if n_instructed else []
         instructions = [None] * len(batch_prompts) + [d.instructions for d in instructed]
         batch_prompts += [d.messages for d in instructed]
+        general = [i < n_general or i >= n_general + n_earlier for i in range(len(batch_prompts))]
         contexts: list[Passages | None] = [None] * len(batch_prompts)
         if n_doc:
             docs = rng.sample(doc_prompts, n_doc)
             batch_prompts += [d.messages for d in docs]
             contexts += [d.passages if cfg.privileged_context else None for d in docs]
             instructions += [None] * len(docs)
+            general += [False] * len(docs)
         mine = world.share(len(batch_prompts))
-        batch_prompts, contexts, instructions = (
-            batch_prompts[mine], contexts[mine], instructions[mine]
+        batch_prompts, contexts, instructions, general = (
+            batch_prompts[mine], contexts[mine], instructions[mine], general[mine]
         )  # fmt: skip
         t0 = time.perf_counter()
         batch = sampler.sample(batch_prompts, cfg.group_size, cfg.temperature, cfg.max_new_tokens)
@@ -222,6 +232,10 @@ def main(
             teacher_lp_B_T = logprobs_with_context(teacher, tokenizer, batch, prompts_B, contexts_B)
         else:
             teacher_lp_B_T = teacher.logprobs(batch)
+        if general_teacher is not None and any(general):
+            general_B = torch.tensor([general[i] for i in batch.prompt_index_B])
+            general_lp_B_T = general_teacher.logprobs(batch)
+            teacher_lp_B_T = torch.where(general_B[:, None], general_lp_B_T, teacher_lp_B_T)
         t2 = time.perf_counter()
         mask_B_T = batch.completion_mask_B_T
         advantages_B_T = reverse_kl_advantages(
@@ -277,6 +291,7 @@ def main(
     return {
         "distill_steps": cfg.steps,
         "distill_teacher": teacher.name,
+        "distill_general_teacher": (general_teacher or teacher).name,
         "distill_doc_prompts": len(doc_prompts),
         "distill_doc_prompts_per_step": n_doc,
         "distill_privileged_context": cfg.privileged_context and n_doc > 0,

@@ -58,8 +58,9 @@ from learner.plan import count_tokens, select_documents, work_tokens
 from learner.qa_pairs import background_pairs, document_pairs
 from learner.recovery import recover_after_crash
 from learner.registry import BASE, Registry
+from learner.replay import replay_material
 from learner.tables import Run
-from learner.teachers.factory import check_teacher, cycle_teacher
+from learner.teachers.factory import check_teacher, cycle_teacher, general_teacher
 from learner.teachers.previous import previous_adapter
 from learner.vllm_sampler import opd_sampler
 from learner.webhook import send_webhook
@@ -273,17 +274,21 @@ def _cycle(
                 pairs = document_pairs(settings, store, new_docs + earlier_docs, exclude, write)
                 new_pairs = [p for d in new_docs for p in pairs[d.id]]
                 earlier_pairs = [p for d in earlier_docs for p in pairs[d.id]]
-                replay_pairs = earlier_pairs + (
+                replay_documents, replay_pairs = replay_material(
+                    settings.learner.midtrain,
+                    registry.documents_by_night(served) if earlier_docs else [],
+                    {d.id: store.document_text(d.id) for d in earlier_docs},
+                    pairs,
+                    prompts.documents,
                     background_pairs(settings, prompts.documents, exclude, write)
                     if settings.learner.midtrain.background_pairs
-                    else []
+                    else [],
                 )
                 mid_inputs = {
                     "documents": documents,
                     "chat_prompts": prompts.chat,
                     "qa_pairs": new_pairs,
-                    "replay_documents": [store.document_text(d.id) for d in earlier_docs]
-                    + prompts.documents,
+                    "replay_documents": replay_documents,
                     "replay_pairs": replay_pairs,
                 }
                 if ranks > 1:
@@ -321,6 +326,7 @@ def _cycle(
                             model, tokenizer, teacher, cfg=settings.learner.distill,
                             seed=settings.learner.seed, sampler=sampler, log=run.metric,
                             progress=progress, **opd_inputs,
+                            general_teacher=general_teacher(settings, model, teacher),
                         )  # fmt: skip
 
         with run.stage("evaluate"):

@@ -151,6 +151,18 @@ class Registry:
         version = self.served_version()
         return [] if version == BASE else json.loads(self.get(version).documents_json)
 
+    def documents_by_night(self, version: str) -> list[list[int]]:
+        """The document ids each adapter of `version`'s lineage added, oldest first: what each
+        promoted night learned ([] for the base)."""
+        groups: list[list[int]] = []
+        child = None if version == BASE else self.get(version)
+        while child is not None:
+            parent = self.get(child.parent_version) if child.parent_version else None
+            had = set(json.loads(parent.documents_json)) if parent else set()
+            groups.append([d for d in json.loads(child.documents_json) if d not in had])
+            child = parent
+        return groups[::-1]
+
     def forgotten_documents(self, version: str) -> list[int]:
         """Document ids in `version`'s lineage that have since been deleted (forgotten)."""
         with Session(self.engine) as session:

@@ -61,6 +61,15 @@ def cycle_teacher(
         yield LocalTeacher(path, tokenizer, device, settings.models.dtype)
 
 
+def general_teacher(settings: Settings, model: PeftModel, teacher: Teacher) -> Teacher | None:
+    """The teacher of OPD's general prompts when it is not `teacher` itself
+    (`models.general_teacher: base` beside a previous adapter, a larger model or a server);
+    None: `teacher` scores every prompt."""
+    if settings.models.general_teacher == "teacher" or isinstance(teacher, BaseModelTeacher):
+        return None
+    return BaseModelTeacher(model, "base")
+
+
 def check_teacher(settings: Settings, tokenizer: PreTrainedTokenizerBase) -> None:
     """Refuse a teacher the cycle could not use, before any work: a server teacher must answer
     and share the student's tokenizer and chat template (IncompatibleTeacherError /
