@@ -226,16 +226,22 @@ def main(
         t0 = time.perf_counter()
         batch = sampler.sample(batch_prompts, cfg.group_size, cfg.temperature, cfg.max_new_tokens)
         t1 = time.perf_counter()
-        if any(contexts):
-            rows = batch.prompt_index_B  # each sampled row's prompt and context
-            prompts_B, contexts_B = [batch_prompts[i] for i in rows], [contexts[i] for i in rows]
-            teacher_lp_B_T = logprobs_with_context(teacher, tokenizer, batch, prompts_B, contexts_B)
-        else:
-            teacher_lp_B_T = teacher.logprobs(batch)
-        if general_teacher is not None and any(general):
-            general_B = torch.tensor([general[i] for i in batch.prompt_index_B])
-            general_lp_B_T = general_teacher.logprobs(batch)
-            teacher_lp_B_T = torch.where(general_B[:, None], general_lp_B_T, teacher_lp_B_T)
+        if general_teacher is None:
+            general = [False] * len(general)
+        general_B = torch.tensor([general[i] for i in batch.prompt_index_B], dtype=torch.bool)
+        teacher_lp_B_T = torch.zeros_like(batch.sampler_logprobs_B_T)
+        if general_B.any():  # each row scored by one teacher only
+            teacher_lp_B_T[general_B] = general_teacher.logprobs(batch.rows(general_B)).float()
+        if not general_B.all():
+            rest = batch.rows(~general_B)
+            if any(contexts):
+                rows = rest.prompt_index_B  # each sampled row's prompt and context
+                prompts_B = [batch_prompts[i] for i in rows]
+                contexts_B = [contexts[i] for i in rows]
+                rest_lp = logprobs_with_context(teacher, tokenizer, rest, prompts_B, contexts_B)
+            else:
+                rest_lp = teacher.logprobs(rest)
+            teacher_lp_B_T[~general_B] = rest_lp.float()
         t2 = time.perf_counter()
         mask_B_T = batch.completion_mask_B_T
         advantages_B_T = reverse_kl_advantages(

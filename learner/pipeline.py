@@ -366,18 +366,9 @@ def _cycle(
             finished_at=utcnow(),
         )
         return CycleResult(
-            run.id,
-            "succeeded",
-            message,
-            version,
-            ok,
-            before,
-            base,
-            after,
-            run.seconds,
-            run.peaks.mb,
-            why,
-        )
+            run.id, "succeeded", message, version, ok, before, base, after, run.seconds,
+            run.peaks.mb, why,
+        )  # fmt: skip
     except NothingToTrainError as exc:
         run.update(status="skipped", message=str(exc), finished_at=utcnow())
         return CycleResult(run.id, "skipped", str(exc))

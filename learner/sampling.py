@@ -36,6 +36,17 @@ class SampleBatch:
     def n_completion_tokens(self) -> int:
         return int(self.completion_mask_B_T.sum())
 
+    def rows(self, keep_B: torch.Tensor) -> SampleBatch:
+        """The rows where `keep_B` (bool [B]) is True, in order."""
+        index = keep_B.nonzero().flatten().tolist()
+        return SampleBatch(
+            self.sequences_B_T[keep_B],
+            self.attention_mask_B_T[keep_B],
+            self.completion_mask_B_T[keep_B],
+            self.sampler_logprobs_B_T[keep_B],
+            [self.prompt_index_B[i] for i in index],
+        )
+
 
 class Sampler(Protocol):
     def sample(
