@@ -5,12 +5,53 @@ texts = generate_texts(model, tokenizer, [[{"role": "user", "content": "Hi"}]], 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
+from peft.tuners.tuners_utils import BaseTunerLayer
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from learner.modeling import stop_token_ids
 
 Message = dict[str, str]
+
+# A preallocated KV cache: the default one grows by concatenation at every token (about a
+# seventh of the sampling time on the sandbox). Not compiled: every batch has another length,
+# each would compile anew.
+STATIC_CACHE = {"cache_implementation": "static", "disable_compile": True}
+
+
+@contextmanager
+def lora_merged(model: PreTrainedModel) -> Iterator[None]:
+    """LoRA folded into the base weights inside the block, the exact base weights restored after.
+
+    Sampling is a loop of small forward passes; unmerged, every adapted projection costs three
+    matmuls instead of one (bench/opd_throughput.py: about a fifth of the sampling time on the
+    sandbox). `unmerge` alone would subtract the delta back with rounding (in bf16 a drift of the
+    frozen base that grows with every step), so the base weights are copied and put back exactly.
+    """
+    layers = [
+        m
+        for m in model.modules()
+        if isinstance(m, BaseTunerLayer) and not m.merged and not m.disable_adapters
+    ]
+    saved = [
+        [p.detach().clone() for p in layer.get_base_layer().parameters(recurse=False)]
+        for layer in layers
+    ]
+    try:
+        with torch.no_grad():
+            for layer in layers:
+                layer.merge()
+        yield
+    finally:
+        with torch.no_grad():
+            for layer, originals in zip(layers, saved, strict=True):
+                layer.merged_adapters.clear()
+                params = layer.get_base_layer().parameters(recurse=False)
+                for param, original in zip(params, originals, strict=True):
+                    param.copy_(original)  # weight, and bias (a LoRA bias merges into it)
 
 
 def chat_prompt(tokenizer: PreTrainedTokenizerBase, messages: list[Message]) -> str:
@@ -36,13 +77,15 @@ def complete_texts(
         enc = tokenizer(batch, return_tensors="pt", padding=True, add_special_tokens=False).to(
             device
         )
-        out = model.generate(
-            **enc,
-            max_new_tokens=max_new_tokens,
-            do_sample=False,
-            pad_token_id=tokenizer.pad_token_id,
-            eos_token_id=stop_token_ids(tokenizer) + [tokenizer.pad_token_id],
-        )
+        with lora_merged(model):
+            out = model.generate(
+                **enc,
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                pad_token_id=tokenizer.pad_token_id,
+                eos_token_id=stop_token_ids(tokenizer) + [tokenizer.pad_token_id],
+                **STATIC_CACHE,
+            )
         new_tokens = out[:, enc["input_ids"].shape[1] :]
         outputs.extend(tokenizer.batch_decode(new_tokens, skip_special_tokens=True))
     return [text.strip() for text in outputs]
@@ -86,13 +129,15 @@ def generate_completions(
             device
         )
         sampling = {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0}
-        out = model.generate(
-            **enc,
-            max_new_tokens=max_new_tokens,
-            eos_token_id=stops,
-            pad_token_id=tokenizer.pad_token_id,
-            **(sampling if temperature > 0 else {"do_sample": False}),
-        )
+        with lora_merged(model):  # the same answers, about 1.5x faster (bench on the sandbox)
+            out = model.generate(
+                **enc,
+                max_new_tokens=max_new_tokens,
+                eos_token_id=stops,
+                pad_token_id=tokenizer.pad_token_id,
+                **(sampling if temperature > 0 else {"do_sample": False}),
+                **STATIC_CACHE,
+            )
         new_tokens = out[:, enc["input_ids"].shape[1] :]
         finished = torch.isin(new_tokens, torch.tensor(stops, device=new_tokens.device)).any(1)
         texts = tokenizer.batch_decode(new_tokens, skip_special_tokens=True)

@@ -9,16 +9,13 @@ sampler will implement the same call). Sequences come back left-padded:
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Protocol
 
 import torch
-from peft.tuners.tuners_utils import BaseTunerLayer
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from learner.generation import Message, chat_prompt
+from learner.generation import STATIC_CACHE, Message, chat_prompt, lora_merged
 from learner.modeling import stop_token_ids
 
 
@@ -59,38 +56,6 @@ def position_ids_for(attention_mask_B_T: torch.Tensor) -> torch.Tensor:
     return (attention_mask_B_T.long().cumsum(-1) - 1).clamp(min=0)
 
 
-@contextmanager
-def lora_merged(model: PreTrainedModel) -> Iterator[None]:
-    """LoRA folded into the base weights inside the block, the exact base weights restored after.
-
-    Sampling is a loop of small forward passes; unmerged, every adapted projection costs three
-    matmuls instead of one (bench/opd_throughput.py: about a fifth of the sampling time on the
-    sandbox). `unmerge` alone would subtract the delta back with rounding (in bf16 a drift of the
-    frozen base that grows with every step), so the base weights are copied and put back exactly.
-    """
-    layers = [
-        m
-        for m in model.modules()
-        if isinstance(m, BaseTunerLayer) and not m.merged and not m.disable_adapters
-    ]
-    saved = [
-        [p.detach().clone() for p in layer.get_base_layer().parameters(recurse=False)]
-        for layer in layers
-    ]
-    try:
-        with torch.no_grad():
-            for layer in layers:
-                layer.merge()
-        yield
-    finally:
-        with torch.no_grad():
-            for layer, originals in zip(layers, saved, strict=True):
-                layer.merged_adapters.clear()
-                params = layer.get_base_layer().parameters(recurse=False)
-                for param, original in zip(params, originals, strict=True):
-                    param.copy_(original)  # weight, and bias (a LoRA bias merges into it)
-
-
 class LocalSampler:
     def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:
         self.model = model
@@ -121,11 +86,7 @@ class LocalSampler:
                 pad_token_id=self.tokenizer.pad_token_id,
                 output_logits=True,
                 return_dict_in_generate=True,
-                # A preallocated KV cache: the default one grows by concatenation at every token
-                # (about a seventh of the sampling time on the sandbox). Not compiled: every
-                # batch has another length, each would compile anew.
-                cache_implementation="static",
-                disable_compile=True,
+                **STATIC_CACHE,
             )
         self.model.train(was_training)
         prompt_len = enc["input_ids"].shape[1]

@@ -13,8 +13,9 @@ from peft import LoraConfig, get_peft_model
 from transformers import Qwen3Config, Qwen3ForCausalLM
 
 from knowledge.settings import load_settings
-from learner.modeling import load_tokenizer
-from learner.sampling import LocalSampler, lora_merged
+from learner.generation import chat_prompt, generate_completions, lora_merged
+from learner.modeling import load_tokenizer, stop_token_ids
+from learner.sampling import LocalSampler
 from learner.sandbox.tokenizer import train_tokenizer
 from learner.scoring import completion_logprobs, sequence_logprobs
 
@@ -107,6 +108,27 @@ def test_lora_merged_restores_the_exact_base_weights(tiny):
     assert torch.equal(again, unmerged)
     after = model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_generation_with_the_lora_merged_answers_as_the_unmerged_model(tiny):
+    out, tok = tiny
+    model = _lora(out)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    answers = generate_completions(model, tok, PROMPTS, 8)  # merged, static KV cache
+    reference = []
+    for messages in PROMPTS:  # one at a time, unmerged, the default cache
+        enc = tok(chat_prompt(tok, messages), return_tensors="pt", add_special_tokens=False)
+        with torch.no_grad():
+            ids = model.generate(
+                **enc,
+                max_new_tokens=8,
+                do_sample=False,
+                eos_token_id=stop_token_ids(tok),
+                pad_token_id=tok.pad_token_id,
+            )
+        reference.append(tok.decode(ids[0, enc["input_ids"].shape[1] :], skip_special_tokens=True))
+    assert [text for text, _ in answers] == [r.strip() for r in reference]
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
 def test_bench_runs_one_step_of_protege_and_trl(tiny):
