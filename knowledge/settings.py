@@ -56,12 +56,14 @@ class ModelsConfig(_Section):
     learned); "server:http://host:port/v1[#model]": a completions server (vLLM, or another
     protege) scoring with prompt_logprobs (learner/teachers/server.py); anything else: a model
     folder or hub id sharing the student's tokenizer."""
-    general_teacher: Literal["teacher", "base"] = "teacher"
+    general_teacher: Literal["base", "teacher"] = "base"
     """Who scores OPD's general prompts (instruction tasks, questions about what the base knew
-    before any document). "teacher": the teacher above scores every prompt; "base": the raw base
-    weights score them (the instruction following a night loses is then restored toward the
-    base's the next night instead of becoming its floor), while the questions about company
-    documents stay with `teacher`. Only differs from "teacher" when the teacher is not the base."""
+    before any document). "base": the raw base weights (with `teacher: previous` the instruction
+    following one night loses is then restored toward the base's the next night instead of
+    becoming its floor; measured: README "Thirteenth search"), while the questions about company
+    documents stay with `teacher`; "teacher": the teacher above scores every prompt (a larger
+    teacher that follows instructions better than the base, as in the qwen3 profile). The same
+    on night 1, where the previous model is the base."""
     device: Literal["cpu", "cuda", "auto"] = "cpu"
     """Where models run; "auto": CUDA when a GPU is visible, else CPU ("cuda" without one is a
     config error)."""

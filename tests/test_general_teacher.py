@@ -3,7 +3,7 @@
 import torch
 from test_opd import PROMPTS, _RecordingSampler, _student, tiny  # noqa: F401 (fixture)
 
-from knowledge.settings import DistillConfig, Settings
+from knowledge.settings import DistillConfig, Settings, load_settings
 from learner import distill
 from learner.teachers.base import BaseModelTeacher
 from learner.teachers.factory import general_teacher
@@ -50,7 +50,9 @@ def test_general_teacher_is_the_base_beside_another_teacher(tiny):  # noqa: F811
     out, _ = tiny
     model = _student(out)
     other = _ConstTeacher(-1.0)  # a previous adapter, a larger model or a server
-    assert general_teacher(Settings(), model, other) is None  # the default: one teacher
-    raw = Settings(models={"general_teacher": "base"})
-    assert isinstance(general_teacher(raw, model, other), BaseModelTeacher)
-    assert general_teacher(raw, model, BaseModelTeacher(model)) is None  # night 1: the same
+    assert isinstance(general_teacher(Settings(), model, other), BaseModelTeacher)  # default
+    assert general_teacher(Settings(), model, BaseModelTeacher(model)) is None  # night 1
+    one = Settings(models={"general_teacher": "teacher"})  # a larger teacher scores everything
+    assert general_teacher(one, model, other) is None
+    assert load_settings("qwen3").models.general_teacher == "teacher"
+    assert load_settings("sandbox").models.general_teacher == "base"
