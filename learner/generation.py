@@ -16,11 +16,6 @@ from learner.modeling import stop_token_ids
 
 Message = dict[str, str]
 
-# A preallocated KV cache: the default one grows by concatenation at every token (about a
-# seventh of the sampling time on the sandbox). Not compiled: every batch has another length,
-# each would compile anew.
-STATIC_CACHE = {"cache_implementation": "static", "disable_compile": True}
-
 
 @contextmanager
 def lora_merged(model: PreTrainedModel) -> Iterator[None]:
@@ -61,6 +56,22 @@ def chat_prompt(tokenizer: PreTrainedTokenizerBase, messages: list[Message]) -> 
     )
 
 
+def fast_generate(model: PreTrainedModel, **kwargs: object) -> torch.Tensor:
+    """`model.generate(**kwargs)` with the LoRA merged (`lora_merged`) and a preallocated KV cache
+    sized for this call.
+
+    The static cache: the default one grows by concatenation at every token (about a seventh of
+    the sampling time on the sandbox). Not compiled: every batch has another length, each would
+    compile anew. transformers sizes each static cache to the longest any earlier call of the
+    model used (to spare recompiles, which do not happen here), so one eval over long in-context
+    prompts would make every later OPD sampling step attend over that length: forgotten first.
+    """
+    for module in model.modules():
+        vars(module).pop("_previous_max_cache_length", None)
+    with lora_merged(model):
+        return model.generate(**kwargs, cache_implementation="static", disable_compile=True)
+
+
 @torch.no_grad()
 def complete_texts(
     model: PreTrainedModel,
@@ -77,15 +88,14 @@ def complete_texts(
         enc = tokenizer(batch, return_tensors="pt", padding=True, add_special_tokens=False).to(
             device
         )
-        with lora_merged(model):
-            out = model.generate(
-                **enc,
-                max_new_tokens=max_new_tokens,
-                do_sample=False,
-                pad_token_id=tokenizer.pad_token_id,
-                eos_token_id=stop_token_ids(tokenizer) + [tokenizer.pad_token_id],
-                **STATIC_CACHE,
-            )
+        out = fast_generate(
+            model,
+            **enc,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=stop_token_ids(tokenizer) + [tokenizer.pad_token_id],
+        )
         new_tokens = out[:, enc["input_ids"].shape[1] :]
         outputs.extend(tokenizer.batch_decode(new_tokens, skip_special_tokens=True))
     return [text.strip() for text in outputs]
@@ -129,15 +139,14 @@ def generate_completions(
             device
         )
         sampling = {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0}
-        with lora_merged(model):  # the same answers, about 1.5x faster (bench on the sandbox)
-            out = model.generate(
-                **enc,
-                max_new_tokens=max_new_tokens,
-                eos_token_id=stops,
-                pad_token_id=tokenizer.pad_token_id,
-                **(sampling if temperature > 0 else {"do_sample": False}),
-                **STATIC_CACHE,
-            )
+        out = fast_generate(  # the same answers as plain generate, about 1.5x faster
+            model,
+            **enc,
+            max_new_tokens=max_new_tokens,
+            eos_token_id=stops,
+            pad_token_id=tokenizer.pad_token_id,
+            **(sampling if temperature > 0 else {"do_sample": False}),
+        )
         new_tokens = out[:, enc["input_ids"].shape[1] :]
         finished = torch.isin(new_tokens, torch.tensor(stops, device=new_tokens.device)).any(1)
         texts = tokenizer.batch_decode(new_tokens, skip_special_tokens=True)

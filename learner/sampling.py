@@ -15,7 +15,7 @@ from typing import Protocol
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from learner.generation import STATIC_CACHE, Message, chat_prompt, lora_merged
+from learner.generation import Message, chat_prompt, fast_generate
 from learner.modeling import stop_token_ids
 
 
@@ -74,20 +74,19 @@ class LocalSampler:
         )
         was_training = self.model.training
         self.model.eval()
-        with lora_merged(self.model):
-            out = self.model.generate(
-                **enc,
-                do_sample=True,
-                temperature=temperature,
-                top_k=0,
-                top_p=1.0,
-                max_new_tokens=max_tokens,
-                eos_token_id=self.stops,
-                pad_token_id=self.tokenizer.pad_token_id,
-                output_logits=True,
-                return_dict_in_generate=True,
-                **STATIC_CACHE,
-            )
+        out = fast_generate(
+            self.model,
+            **enc,
+            do_sample=True,
+            temperature=temperature,
+            top_k=0,
+            top_p=1.0,
+            max_new_tokens=max_tokens,
+            eos_token_id=self.stops,
+            pad_token_id=self.tokenizer.pad_token_id,
+            output_logits=True,
+            return_dict_in_generate=True,
+        )
         self.model.train(was_training)
         prompt_len = enc["input_ids"].shape[1]
         new_B_N = out.sequences[:, prompt_len:]

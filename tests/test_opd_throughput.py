@@ -13,7 +13,7 @@ from peft import LoraConfig, get_peft_model
 from transformers import Qwen3Config, Qwen3ForCausalLM
 
 from knowledge.settings import load_settings
-from learner.generation import chat_prompt, generate_completions, lora_merged
+from learner.generation import chat_prompt, fast_generate, generate_completions, lora_merged
 from learner.modeling import load_tokenizer, stop_token_ids
 from learner.sampling import LocalSampler
 from learner.sandbox.tokenizer import train_tokenizer
@@ -129,6 +129,27 @@ def test_generation_with_the_lora_merged_answers_as_the_unmerged_model(tiny):
         reference.append(tok.decode(ids[0, enc["input_ids"].shape[1] :], skip_special_tokens=True))
     assert [text for text, _ in answers] == [r.strip() for r in reference]
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_each_generation_sizes_its_own_kv_cache(tiny):
+    """transformers keeps the longest static cache a model ever used; after a long eval prompt
+    every OPD sampling step would attend over that length."""
+    out, tok = tiny
+    model = _lora(out)
+
+    def cache_lengths() -> set[int]:
+        return {
+            vars(m)["_previous_max_cache_length"]
+            for m in model.modules()
+            if "_previous_max_cache_length" in vars(m)
+        }
+
+    seen = []
+    for length in (120, 6):
+        ids = torch.randint(5, 50, (2, length))
+        fast_generate(model, input_ids=ids, max_new_tokens=4, do_sample=False)
+        seen.append(max(cache_lengths()))
+    assert seen[0] >= 120 and seen[1] <= 10  # the long call's length is not carried over
 
 
 def test_bench_runs_one_step_of_protege_and_trl(tiny):
