@@ -1,7 +1,7 @@
 """Sampling completions from the student, with the log-prob of every sampled token.
 
-`Sampler` is the small interface OPD needs; `LocalSampler` uses transformers' generate (the vLLM
-sampler will implement the same call). Sequences come back left-padded:
+`Sampler` is the small interface OPD needs; `LocalSampler` decodes in process (learner.generation
+.decode; learner/vllm_sampler.py implements the same call). Sequences come back left-padded:
 
     batch = LocalSampler(model, tokenizer).sample(prompts, n=4, temperature=1.0, max_tokens=48)
     batch.sequences_B_T, batch.completion_mask_B_T, batch.sampler_logprobs_B_T
@@ -15,7 +15,7 @@ from typing import Protocol
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from learner.generation import Message, chat_prompt, fast_generate
+from learner.generation import Message, chat_prompt, decode
 from learner.modeling import stop_token_ids
 
 
@@ -74,26 +74,12 @@ class LocalSampler:
         )
         was_training = self.model.training
         self.model.eval()
-        out = fast_generate(
-            self.model,
-            **enc,
-            do_sample=True,
-            temperature=temperature,
-            top_k=0,
-            top_p=1.0,
-            max_new_tokens=max_tokens,
-            eos_token_id=self.stops,
-            pad_token_id=self.tokenizer.pad_token_id,
-            output_logits=True,
-            return_dict_in_generate=True,
-        )
+        new_B_N, new_lp_B_N = decode(
+            self.model, enc["input_ids"], enc["attention_mask"], max_tokens, self.stops,
+            self.tokenizer.pad_token_id, temperature,
+        )  # fmt: skip
         self.model.train(was_training)
         prompt_len = enc["input_ids"].shape[1]
-        new_B_N = out.sequences[:, prompt_len:]
-        logits_B_N_V = torch.stack(out.logits, dim=1).float() / temperature
-        new_lp_B_N = (
-            torch.log_softmax(logits_B_N_V, -1).gather(-1, new_B_N.unsqueeze(-1)).squeeze(-1)
-        )
         # completion = tokens up to and including the first stop token
         is_stop_B_N = torch.isin(new_B_N, torch.tensor(self.stops, device=device))
         after_stop_B_N = (is_stop_B_N.long().cumsum(-1) - is_stop_B_N.long()) > 0
@@ -103,4 +89,5 @@ class LocalSampler:
         completion_mask = torch.cat([prompt_zeros, completion_B_N], dim=1)
         attention = torch.cat([enc["attention_mask"].bool(), completion_B_N], dim=1)
         logprobs = torch.cat([prompt_zeros.float(), new_lp_B_N * completion_B_N], dim=1)
-        return SampleBatch(out.sequences, attention, completion_mask, logprobs, prompt_index)
+        sequences_B_T = torch.cat([enc["input_ids"], new_B_N], dim=1)
+        return SampleBatch(sequences_B_T, attention, completion_mask, logprobs, prompt_index)

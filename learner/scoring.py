@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import torch
-from transformers import PreTrainedModel
+from transformers import DynamicCache, PreTrainedModel
 
 from learner.losses import token_logprobs
 from learner.sampling import position_ids_for
@@ -32,6 +32,7 @@ def completion_logprobs(
     attention_mask_B_T: torch.Tensor,
     completion_mask_B_T: torch.Tensor,
     chunks: int = 4,
+    share_prompts: bool = True,
 ) -> torch.Tensor:
     """`sequence_logprobs` on the completion tokens only (0 elsewhere), shape [B, T], float32.
 
@@ -40,10 +41,20 @@ def completion_logprobs(
     stopped early), so rows are sorted by where their tokens start and scored in `chunks` groups,
     each cut to the columns its rows use; and the vocabulary projection and log-softmax run only
     from the first completion position on (`logits_to_keep`), not over the prompts.
+    Rows that share their prompt (OPD samples `group_size` answers per prompt) are scored with
+    the prompt run once per distinct prompt (`shared_prompt_logprobs`; `share_prompts=False`
+    only for bench/opd_step_speed.py's side-by-side).
     Grads flow when called outside `torch.no_grad()`.
     """
     B, T = sequences_B_T.shape
     device = sequences_B_T.device
+    shared = (
+        shared_prompt_logprobs(model, sequences_B_T, attention_mask_B_T, completion_mask_B_T)
+        if share_prompts
+        else None
+    )
+    if shared is not None:
+        return shared
     out_B_T = torch.zeros(B, T, device=device)
     first_real_B = attention_mask_B_T.float().argmax(-1)  # left padding before it
     order_B = torch.argsort(first_real_B, stable=True)
@@ -68,4 +79,58 @@ def completion_logprobs(
         lp_R_K = token_logprobs(logits_R_K_V[:, :-1], sequences_B_T[rows_R, first:end])
         cols_K = torch.arange(first, end, device=device)
         out_B_T[rows_R[:, None], cols_K[None, :]] = lp_R_K * completion_R_T[:, first:end]
+    return out_B_T
+
+
+def shared_prompt_logprobs(
+    model: PreTrainedModel,
+    sequences_B_T: torch.Tensor,
+    attention_mask_B_T: torch.Tensor,
+    completion_mask_B_T: torch.Tensor,
+) -> torch.Tensor | None:
+    """`completion_logprobs` with the prompt part run once per distinct prompt, or None where
+    no two rows share it (or there is no prompt part).
+
+    The prompt part is every column before the last one ahead of the first completion token: its
+    keys and values are computed for the U distinct rows, copied to the B rows (an index, so
+    grads flow back into the one prompt pass), and the B rows continue from the last prompt
+    token. A sandbox OPD batch holds 16 prompts x 4 answers of ~27 tokens after prompts of
+    ~100-250: the prompts were most of the scoring and update work.
+    """
+    scored_T = completion_mask_B_T.bool().any(0)
+    if not scored_T.any():
+        return torch.zeros(sequences_B_T.shape, device=sequences_B_T.device)
+    used_T = attention_mask_B_T.bool().any(0)
+    start, end = int(used_T.nonzero()[0]), int(used_T.nonzero()[-1]) + 1
+    split = int(scored_T.nonzero()[0]) - 1  # the last prompt column: it predicts the first token
+    if split - start < 1:
+        return None
+    prefix_B_P = torch.cat([sequences_B_T[:, start:split], attention_mask_B_T[:, start:split]], 1)
+    unique_U_P, row_to_unique_B = torch.unique(prefix_B_P, dim=0, return_inverse=True)
+    if len(unique_U_P) == len(prefix_B_P):
+        return None
+    ids_U_P, mask_U_P = unique_U_P.chunk(2, dim=1)
+    if not mask_U_P.bool().any(1).all():  # a row with no prompt token: nothing to attend to
+        return None
+    cache = DynamicCache(config=model.config)
+    model(
+        input_ids=ids_U_P,
+        attention_mask=mask_U_P.long(),
+        position_ids=position_ids_for(mask_U_P),
+        cache=cache,
+        use_cache=True,
+        logits_to_keep=1,
+    )
+    cache.batch_select_indices(row_to_unique_B)
+    mask_B_C = attention_mask_B_T[:, start:end]
+    logits_B_S_V = model(
+        input_ids=sequences_B_T[:, split:end],
+        attention_mask=mask_B_C.long(),
+        position_ids=position_ids_for(mask_B_C)[:, split - start :],
+        cache=cache,
+        use_cache=True,
+    ).logits
+    lp_B_S = token_logprobs(logits_B_S_V[:, :-1], sequences_B_T[:, split + 1 : end])
+    out_B_T = torch.zeros(sequences_B_T.shape, device=sequences_B_T.device)
+    out_B_T[:, split + 1 : end] = lp_B_S * completion_mask_B_T[:, split + 1 : end]
     return out_B_T

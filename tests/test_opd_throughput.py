@@ -13,11 +13,17 @@ from peft import LoraConfig, get_peft_model
 from transformers import Qwen3Config, Qwen3ForCausalLM
 
 from knowledge.settings import load_settings
-from learner.generation import chat_prompt, fast_generate, generate_completions, lora_merged
+from learner.generation import (
+    chat_prompt,
+    decode,
+    generate_completions,
+    lora_merged,
+    sample_from,
+)
 from learner.modeling import load_tokenizer, stop_token_ids
 from learner.sampling import LocalSampler
 from learner.sandbox.tokenizer import train_tokenizer
-from learner.scoring import completion_logprobs, sequence_logprobs
+from learner.scoring import completion_logprobs, sequence_logprobs, shared_prompt_logprobs
 
 TEXTS = ["Ada Park works in the Berlin office and leads Project Falcon."] * 20 + [
     "Hello, how can I help you today? Please answer in lowercase."
@@ -94,6 +100,23 @@ def test_completion_logprobs_equal_full_scoring_on_completions(tiny):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
 
 
+def test_rows_that_share_a_prompt_run_it_once(tiny):
+    """OPD's batches (n answers per prompt) take the shared-prompt path, and it scores as every
+    row run whole; a batch of distinct prompts does not take it."""
+    out, tok = tiny
+    model = _lora(out)
+    grouped = LocalSampler(model, tok).sample(PROMPTS, n=4, temperature=1.0, max_tokens=10)
+    distinct = LocalSampler(model, tok).sample(PROMPTS, n=1, temperature=1.0, max_tokens=10)
+    for batch, shares in ((grouped, True), (distinct, False)):
+        args = (batch.sequences_B_T, batch.attention_mask_B_T, batch.completion_mask_B_T)
+        with torch.no_grad():
+            shared = shared_prompt_logprobs(model, *args)
+            whole = completion_logprobs(model, *args, share_prompts=False)
+        assert (shared is not None) == shares
+        if shares:
+            torch.testing.assert_close(shared, whole, atol=1e-5, rtol=1e-5)
+
+
 def test_lora_merged_restores_the_exact_base_weights(tiny):
     out, _ = tiny
     model = _lora(out)
@@ -131,25 +154,43 @@ def test_generation_with_the_lora_merged_answers_as_the_unmerged_model(tiny):
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
-def test_each_generation_sizes_its_own_kv_cache(tiny):
-    """transformers keeps the longest static cache a model ever used; after a long eval prompt
-    every OPD sampling step would attend over that length."""
+def test_sample_from_draws_from_the_tempered_softmax():
+    """The inverse-CDF draw against the distribution it claims: frequencies within 0.01 of
+    softmax(logits / T) over 40,000 draws, a zero-probability token never drawn, and the
+    returned log-prob that of the drawn token."""
+    torch.manual_seed(0)
+    logits_V = torch.tensor([2.0, 0.5, -1.0, float("-inf"), 1.0])
+    for temperature in (1.0, 0.7):
+        tokens_B, logprobs_B = sample_from(logits_V.expand(40_000, -1), temperature)
+        expected_V = torch.softmax(logits_V / temperature, -1)
+        freq_V = torch.bincount(tokens_B, minlength=5).float() / len(tokens_B)
+        torch.testing.assert_close(freq_V, expected_V, atol=0.01, rtol=0)
+        assert freq_V[3] == 0
+        torch.testing.assert_close(logprobs_B, expected_V.log()[tokens_B])
+    greedy_B, zero_B = sample_from(logits_V.expand(3, -1), 0.0)
+    assert greedy_B.tolist() == [0, 0, 0] and zero_B.abs().sum() == 0
+
+
+def test_decode_stops_each_row_at_its_stop_token_and_pads_after(tiny):
     out, tok = tiny
     model = _lora(out)
-
-    def cache_lengths() -> set[int]:
-        return {
-            vars(m)["_previous_max_cache_length"]
-            for m in model.modules()
-            if "_previous_max_cache_length" in vars(m)
-        }
-
-    seen = []
-    for length in (120, 6):
-        ids = torch.randint(5, 50, (2, length))
-        fast_generate(model, input_ids=ids, max_new_tokens=4, do_sample=False)
-        seen.append(max(cache_lengths()))
-    assert seen[0] >= 120 and seen[1] <= 10  # the long call's length is not carried over
+    enc = tok(
+        [chat_prompt(tok, m) for m in PROMPTS],
+        return_tensors="pt",
+        padding=True,
+        add_special_tokens=False,
+    )
+    stops = stop_token_ids(tok)
+    torch.manual_seed(3)
+    new_B_N, logprobs_B_N = decode(
+        model, enc["input_ids"], enc["attention_mask"], 24, stops, tok.pad_token_id, 1.0
+    )
+    is_stop_B_N = torch.isin(new_B_N, torch.tensor(stops))
+    after_B_N = (is_stop_B_N.long().cumsum(-1) - is_stop_B_N.long()) > 0
+    assert (new_B_N[after_B_N] == tok.pad_token_id).all()
+    assert (logprobs_B_N[after_B_N] == 0).all() and (logprobs_B_N[~after_B_N] < 0).all()
+    if is_stop_B_N.any(1).all():  # every row stopped: nothing decoded past the last stop
+        assert not after_B_N[:, -1].all()
 
 
 def test_bench_runs_one_step_of_protege_and_trl(tiny):
