@@ -2,12 +2,13 @@
 
     .venv/bin/python bench/opd_step_speed.py --threads 2 --rounds 3
 
-Decoding: learner.generation.decode against transformers' generate. Scoring: completion_logprobs
+Decoding: learner.generation.decode against transformers' generate, and against itself with
+finished rows kept in the batch to the end (`drop_finished=False`). Scoring: completion_logprobs
 with each distinct prompt run once (`shared_prompt_logprobs`) against every row run whole
 (`share_prompts=False`), for the update (forward + backward) and the teacher (no grad), on one
 batch sampled as OPD samples it (the profile's prompts per step x group size).
 
-Both decoders run the sandbox student under a random LoRA (the profile's rank), merged while decoding,
+The decoders run the sandbox student under a random LoRA (the profile's rank), merged while decoding,
 with a static KV cache, from the same left-padded batch: OPD's sampling (temperature 1, the
 profile's prompts x group size, the profile's max new tokens) and the evals' greedy answers
 (batch 32, 64 new tokens). Rounds alternate which side goes first. Prints seconds per call, the
@@ -71,33 +72,36 @@ def main() -> None:
     }  # fmt: skip
     stops, pad = stop_token_ids(tokenizer), tokenizer.pad_token_id
     print(
-        "| case | transformers generate s | decode s | ratio | greedy same |\n|---|---|---|---|---|"
+        "| case | transformers generate s | decode, finished rows kept s | decode s | "
+        "generate / decode | kept / decode | greedy same |\n|---|---|---|---|---|---|---|"
     )
     for case, (batch, temperature, max_new) in cases.items():
         texts = [chat_prompt(tokenizer, m) for m in batch]
         enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(CPU)
-        seconds = {"generate": 0.0, "decode": 0.0}
-        same = None
+        seconds = {"generate": 0.0, "kept": 0.0, "decode": 0.0}
+        same = kept = new = None
         for r in range(args.rounds + 1):  # the first round warms up, untimed
-            order = ["generate", "decode"] if r % 2 else ["decode", "generate"]
+            order = ["generate", "kept", "decode"][:: 1 if r % 2 else -1]
             for side in order:
                 torch.manual_seed(r)
                 t0 = time.perf_counter()
                 if side == "generate":
                     ref = _generate(model, enc, max_new, stops, pad, temperature)
                 else:
-                    new, _ = decode(
+                    out, _ = decode(
                         model, enc["input_ids"], enc["attention_mask"], max_new, stops, pad,
-                        temperature,
+                        temperature, drop_finished=side == "decode",
                     )  # fmt: skip
+                    kept, new = (out, new) if side == "kept" else (kept, out)
                 if r:
                     seconds[side] += time.perf_counter() - t0
             if temperature == 0:
                 n = new.shape[1]
                 same = torch.equal(ref[:, :n], new) and bool((ref[:, n:] == pad).all())
-        g, c = (seconds[k] / args.rounds for k in ("generate", "decode"))
-        print(f"| {case} ({len(batch)} x {max_new}) | {g:.3f} | {c:.3f} | {g / c:.2f}x | "
-              f"{'-' if same is None else same} |")  # fmt: skip
+                same = same and torch.equal(kept, new)
+        g, k, c = (seconds[s] / args.rounds for s in ("generate", "kept", "decode"))
+        print(f"| {case} ({len(batch)} x {max_new}) | {g:.3f} | {k:.3f} | {c:.3f} | {g / c:.2f}x "
+              f"| {k / c:.2f}x | {'-' if same is None else same} |")  # fmt: skip
     scoring_rows(model, tokenizer, prompts, d, args.rounds)
 
 

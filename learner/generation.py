@@ -85,6 +85,7 @@ def decode(
     stops: list[int],
     pad_id: int,
     temperature: float = 0.0,
+    drop_finished: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(new_B_N, logprobs_B_N): the continuation of left-padded prompts, greedy (temperature 0)
     or sampled, up to each row's first stop token (pad after it; N stops early once every row
@@ -95,21 +96,26 @@ def decode(
     rather than `model.generate`: on the sandbox a decoding step is a few small matmuls, and
     generate's per-step work (logits processors, stopping criteria, input preparation,
     multinomial sampling) cost about as much. Greedy answers equal generate's (tested).
+    Rows that have stopped leave the batch (`drop_finished`; off only for the side-by-side
+    bench/opd_step_speed.py).
     """
     B, P = input_ids_B_P.shape
     device = input_ids_B_P.device
     cache = StaticCache(config=model.config, max_cache_len=P + max_new_tokens)
-    mask_B_L = torch.cat([attention_mask_B_P, attention_mask_B_P.new_ones(B, max_new_tokens)], 1)
+    # A = the rows still decoding: `rows_A` are their indices in the batch
+    mask_A_L = torch.cat([attention_mask_B_P, attention_mask_B_P.new_ones(B, max_new_tokens)], 1)
     positions_B_P = (attention_mask_B_P.long().cumsum(-1) - 1).clamp(min=0)  # skip left padding
+    last_A_1 = positions_B_P[:, -1:]
     stops_S = torch.tensor(stops, device=device)
     new_B_N = torch.full((B, max_new_tokens), pad_id, dtype=torch.long, device=device)
     logprobs_B_N = torch.zeros(B, max_new_tokens, device=device)
-    done_B = torch.zeros(B, dtype=torch.bool, device=device)
+    rows_A = torch.arange(B, device=device)
+    done_A = torch.zeros(B, dtype=torch.bool, device=device)
     n = 0
     with lora_merged(model):
         out = model(
             input_ids=input_ids_B_P,
-            attention_mask=mask_B_L[:, :P],
+            attention_mask=mask_A_L[:, :P],
             position_ids=positions_B_P,
             cache=cache,
             cache_position=torch.arange(P, device=device),
@@ -117,17 +123,30 @@ def decode(
             logits_to_keep=1,
         )
         while n < max_new_tokens:
-            token_B, logprob_B = sample_from(out.logits[:, -1], temperature)
-            token_B = torch.where(done_B, pad_id, token_B)
-            new_B_N[:, n], logprobs_B_N[:, n] = token_B, logprob_B * ~done_B
-            done_B |= torch.isin(token_B, stops_S)
+            token_A, logprob_A = sample_from(out.logits[:, -1], temperature)
+            live_A = ~done_A
+            new_B_N[rows_A[live_A], n] = token_A[live_A]
+            logprobs_B_N[rows_A[live_A], n] = logprob_A[live_A]
+            done_A |= torch.isin(token_A, stops_S)
             n += 1
-            if n == max_new_tokens or bool(done_B.all()):
+            if n == max_new_tokens or bool(done_A.all()):
                 break
+            if drop_finished and 4 * int(done_A.sum()) >= len(done_A):
+                # Finished rows leave the batch once they are a quarter of it: OPD's longest
+                # sample sets the loop's length while answers average under half of it, and
+                # each dropped row is work saved at every later step (a compaction copies the
+                # cache once, so it is not done for every finished row).
+                keep_A = ~done_A
+                for layer in cache.layers:
+                    layer.keys, layer.values = layer.keys[keep_A], layer.values[keep_A]
+                rows_A, token_A, mask_A_L, last_A_1 = (
+                    rows_A[keep_A], token_A[keep_A], mask_A_L[keep_A], last_A_1[keep_A]
+                )  # fmt: skip
+                done_A = done_A[keep_A]
             out = model(
-                input_ids=token_B.unsqueeze(1),
-                attention_mask=mask_B_L[:, : P + n],
-                position_ids=positions_B_P[:, -1:] + n,
+                input_ids=torch.where(done_A, pad_id, token_A).unsqueeze(1),
+                attention_mask=mask_A_L[:, : P + n],
+                position_ids=last_A_1 + n,
                 cache=cache,
                 cache_position=torch.tensor([P + n - 1], device=device),
                 use_cache=True,

@@ -193,6 +193,31 @@ def test_decode_stops_each_row_at_its_stop_token_and_pads_after(tiny):
         assert not after_B_N[:, -1].all()
 
 
+def test_decode_drops_finished_rows_without_changing_the_others(tiny):
+    """Rows that stop leave the batch (the cache is compacted): every row's greedy tokens equal
+    the same batch decoded with no stop token, cut at its first stop and padded after."""
+    out, tok = tiny
+    model = _lora(out)
+    enc = tok(
+        [chat_prompt(tok, m) for m in PROMPTS],
+        return_tensors="pt",
+        padding=True,
+        add_special_tokens=False,
+    )
+    ids, mask, pad = enc["input_ids"], enc["attention_mask"], tok.pad_token_id
+    full_B_N, _ = decode(model, ids, mask, 16, [], pad)
+    stops = sorted({int(full_B_N[0, 2]), int(full_B_N[1 % len(PROMPTS), 5])})
+    new_B_N, _ = decode(model, ids, mask, 16, stops, pad)
+    expected_B_N = torch.full_like(full_B_N, pad)
+    lengths = []
+    for row, tokens in enumerate(full_B_N.tolist()):
+        end = next((i + 1 for i, t in enumerate(tokens) if t in stops), len(tokens))
+        expected_B_N[row, :end] = full_B_N[row, :end]
+        lengths.append(end)
+    assert len(set(lengths)) > 1  # rows finished at different steps: the batch was compacted
+    assert torch.equal(new_B_N, expected_B_N[:, : new_B_N.shape[1]])
+
+
 def test_bench_runs_one_step_of_protege_and_trl(tiny):
     pytest.importorskip("trl")
     sys.path.insert(0, str(Path(__file__).parents[1] / "bench"))
