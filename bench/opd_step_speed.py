@@ -4,9 +4,11 @@
 
 Decoding: learner.generation.decode against transformers' generate, and against itself with
 finished rows kept in the batch to the end (`drop_finished=False`). Scoring: completion_logprobs
-with each distinct prompt run once (`shared_prompt_logprobs`) against every row run whole
-(`share_prompts=False`), for the update (forward + backward) and the teacher (no grad), on one
-batch sampled as OPD samples it (the profile's prompts per step x group size).
+with each distinct prompt run once and the rows continued in two chunks sorted by answer
+length (`shared_prompt_logprobs`), against every row run whole (`share_prompts=False`) and
+against the shared prompt with all rows continued together (`chunks=1`), for the update
+(forward + backward) and the teacher (no grad), on one batch sampled as OPD samples it (the
+profile's prompts per step x group size).
 
 The decoders run the sandbox student under a random LoRA (the profile's rank), merged while decoding,
 with a static KV cache, from the same left-padded batch: OPD's sampling (temperature 1, the
@@ -28,7 +30,7 @@ from learner.datasets import sandbox_manifest
 from learner.generation import chat_prompt, decode, lora_merged
 from learner.modeling import load_tokenizer, stop_token_ids
 from learner.sampling import LocalSampler
-from learner.scoring import completion_logprobs
+from learner.scoring import completion_logprobs, shared_prompt_logprobs
 
 
 def _generate(model, enc, max_new: int, stops: list[int], pad: int, temperature: float):  # noqa: ANN001, ANN202
@@ -115,25 +117,33 @@ def scoring_rows(model, tokenizer, prompts, d, rounds: int) -> None:  # noqa: AN
     print(
         f"\nbatch {tuple(batch.sequences_B_T.shape)}, {batch.n_completion_tokens} completion tokens"
     )
-    print("| scoring | every row whole s | shared prompts s | ratio | max abs diff |")
-    print("|---|---|---|---|---|")
+    print("| scoring | every row whole s | shared prompt, rows together s | shared prompt s | "
+          "whole / shared | together / shared | max abs diff |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|")
+    sides = {
+        "whole": lambda: completion_logprobs(model, *args, share_prompts=False),
+        "together": lambda: shared_prompt_logprobs(model, *args, chunks=1),
+        "shared": lambda: completion_logprobs(model, *args),
+    }
     for case, grad in (("update (forward + backward)", True), ("teacher (no grad)", False)):
-        seconds = {True: 0.0, False: 0.0}
+        seconds = dict.fromkeys(sides, 0.0)
         values = {}
         for r in range(rounds + 1):
-            for share in (True, False) if r % 2 else (False, True):
+            for side in list(sides)[:: 1 if r % 2 else -1]:
                 model.zero_grad()
                 t0 = time.perf_counter()
                 with torch.set_grad_enabled(grad):
-                    lp = completion_logprobs(model, *args, share_prompts=share)
+                    lp = sides[side]()
                     if grad:
                         lp.sum().backward()
                 if r:
-                    seconds[share] += time.perf_counter() - t0
-                values[share] = lp.detach()
-        diff = (values[True] - values[False]).abs().max().item()
-        whole, shared = seconds[False] / rounds, seconds[True] / rounds
-        print(f"| {case} | {whole:.3f} | {shared:.3f} | {whole / shared:.2f}x | {diff:.1e} |")
+                    seconds[side] += time.perf_counter() - t0
+                values[side] = lp.detach()
+        diff = max((values[k] - values["whole"]).abs().max().item() for k in sides)
+        w, t, s = (seconds[k] / rounds for k in sides)
+        print(
+            f"| {case} | {w:.3f} | {t:.3f} | {s:.3f} | {w / s:.2f}x | {t / s:.2f}x | {diff:.1e} |"
+        )
 
 
 if __name__ == "__main__":

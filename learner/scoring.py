@@ -87,6 +87,7 @@ def shared_prompt_logprobs(
     sequences_B_T: torch.Tensor,
     attention_mask_B_T: torch.Tensor,
     completion_mask_B_T: torch.Tensor,
+    chunks: int = 2,
 ) -> torch.Tensor | None:
     """`completion_logprobs` with the prompt part run once per distinct prompt, or None where
     no two rows share it (or there is no prompt part).
@@ -94,14 +95,14 @@ def shared_prompt_logprobs(
     The prompt part is every column before the last one ahead of the first completion token: its
     keys and values are computed for the U distinct rows, copied to the B rows (an index, so
     grads flow back into the one prompt pass), and the B rows continue from the last prompt
-    token. A sandbox OPD batch holds 16 prompts x 4 answers of ~27 tokens after prompts of
+    token, in `chunks` groups of rows of similar answer length. A sandbox OPD batch holds 16 prompts x 4 answers of ~27 tokens after prompts of
     ~100-250: the prompts were most of the scoring and update work.
     """
     scored_T = completion_mask_B_T.bool().any(0)
     if not scored_T.any():
         return torch.zeros(sequences_B_T.shape, device=sequences_B_T.device)
     used_T = attention_mask_B_T.bool().any(0)
-    start, end = int(used_T.nonzero()[0]), int(used_T.nonzero()[-1]) + 1
+    start = int(used_T.nonzero()[0])
     split = int(scored_T.nonzero()[0]) - 1  # the last prompt column: it predicts the first token
     if split - start < 1:
         return None
@@ -112,25 +113,40 @@ def shared_prompt_logprobs(
     ids_U_P, mask_U_P = unique_U_P.chunk(2, dim=1)
     if not mask_U_P.bool().any(1).all():  # a row with no prompt token: nothing to attend to
         return None
-    cache = DynamicCache(config=model.config)
+    prompt = DynamicCache(config=model.config)
     model(
         input_ids=ids_U_P,
         attention_mask=mask_U_P.long(),
         position_ids=position_ids_for(mask_U_P),
-        cache=cache,
+        cache=prompt,
         use_cache=True,
         logits_to_keep=1,
     )
-    cache.batch_select_indices(row_to_unique_B)
-    mask_B_C = attention_mask_B_T[:, start:end]
-    logits_B_S_V = model(
-        input_ids=sequences_B_T[:, split:end],
-        attention_mask=mask_B_C.long(),
-        position_ids=position_ids_for(mask_B_C)[:, split - start :],
-        cache=cache,
-        use_cache=True,
-    ).logits
-    lp_B_S = token_logprobs(logits_B_S_V[:, :-1], sequences_B_T[:, split + 1 : end])
+    # The rows continue in `chunks` groups sorted by where their completion ends, each cut to
+    # the columns its rows use: answers stop at very different lengths (a sandbox OPD batch's
+    # average is under half its longest), and the continuation is most of the remaining work.
+    last_B = completion_mask_B_T.float().cumsum(1).argmax(1)  # the last scored column
     out_B_T = torch.zeros(sequences_B_T.shape, device=sequences_B_T.device)
-    out_B_T[:, split + 1 : end] = lp_B_S * completion_mask_B_T[:, split + 1 : end]
+    for rows_R in torch.argsort(last_B, stable=True).chunk(max(1, min(chunks, len(last_B)))):
+        stop = int(last_B[rows_R].max()) + 1
+        if stop <= split + 1:  # no completion token in these rows
+            continue
+        cache = DynamicCache(config=model.config)
+        for i, layer in enumerate(prompt.layers):  # an index: grads reach the one prompt pass
+            cache.update(
+                layer.keys[row_to_unique_B[rows_R]], layer.values[row_to_unique_B[rows_R]], i
+            )
+        mask_R_C = attention_mask_B_T[rows_R, start:stop]
+        logits_R_S_V = model(
+            input_ids=sequences_B_T[rows_R, split:stop],
+            attention_mask=mask_R_C.long(),
+            position_ids=position_ids_for(mask_R_C)[:, split - start :],
+            cache=cache,
+            use_cache=True,
+        ).logits
+        lp_R_S = token_logprobs(logits_R_S_V[:, :-1], sequences_B_T[rows_R, split + 1 : stop])
+        cols_S = torch.arange(split + 1, stop, device=sequences_B_T.device)
+        out_B_T[rows_R[:, None], cols_S[None, :]] = (
+            lp_R_S * completion_mask_B_T[rows_R, split + 1 : stop]
+        )
     return out_B_T

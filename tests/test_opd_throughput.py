@@ -102,19 +102,32 @@ def test_completion_logprobs_equal_full_scoring_on_completions(tiny):
 
 def test_rows_that_share_a_prompt_run_it_once(tiny):
     """OPD's batches (n answers per prompt) take the shared-prompt path, and it scores as every
-    row run whole; a batch of distinct prompts does not take it."""
+    row run whole, values and grads, whatever the chunks of rows continued together (answers cut
+    to different lengths); a batch of distinct prompts does not take it."""
     out, tok = tiny
     model = _lora(out)
     grouped = LocalSampler(model, tok).sample(PROMPTS, n=4, temperature=1.0, max_tokens=10)
     distinct = LocalSampler(model, tok).sample(PROMPTS, n=1, temperature=1.0, max_tokens=10)
-    for batch, shares in ((grouped, True), (distinct, False)):
-        args = (batch.sequences_B_T, batch.attention_mask_B_T, batch.completion_mask_B_T)
-        with torch.no_grad():
-            shared = shared_prompt_logprobs(model, *args)
-            whole = completion_logprobs(model, *args, share_prompts=False)
-        assert (shared is not None) == shares
-        if shares:
+    args = [grouped.sequences_B_T.clone(), grouped.attention_mask_B_T.clone()]
+    args.append(grouped.completion_mask_B_T.clone())
+    first = int(args[2].bool().any(0).nonzero()[0])
+    for row in range(len(args[0])):  # answers of 1 to 7 tokens, as if they had stopped
+        cut = first + 1 + row % 7
+        args[0][row, cut:], args[1][row, cut:], args[2][row, cut:] = tok.pad_token_id, 0, 0
+    with torch.no_grad():
+        distinct_args = (distinct.sequences_B_T, distinct.attention_mask_B_T)
+        assert shared_prompt_logprobs(model, *distinct_args, distinct.completion_mask_B_T) is None
+        whole = completion_logprobs(model, *args, share_prompts=False)
+        for chunks in (1, 2, 3, 100):
+            shared = shared_prompt_logprobs(model, *args, chunks=chunks)
             torch.testing.assert_close(shared, whole, atol=1e-5, rtol=1e-5)
+    grads = []
+    for share in (False, True):
+        model.zero_grad()
+        completion_logprobs(model, *args, share_prompts=share).sum().backward()
+        grads.append([p.grad.clone() for p in model.parameters() if p.requires_grad])
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
 
 
 def test_lora_merged_restores_the_exact_base_weights(tiny):
