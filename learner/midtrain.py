@@ -207,6 +207,7 @@ def main(
     chat_examples, cut_off = sample_background(
         model, tokenizer, chat_prompts, chat_target, cfg, seed, progress, world
     )
+    anchor_start = time.perf_counter()
     if cfg.anchor_top_k:  # each rank anchors its share
         mine = chat_examples[world.share(len(chat_examples))]
         chat_examples = world.gather(
@@ -215,6 +216,7 @@ def main(
             )
         )
     sample_seconds = time.perf_counter() - t0
+    anchor_seconds = time.perf_counter() - anchor_start
     fixed = doc_examples + qa_examples + chat_examples
 
     def epoch_examples() -> list[Example]:
@@ -275,6 +277,7 @@ def main(
         "midtrain_chat_tokens": n_label_tokens(chat_examples),
         "midtrain_chat_cut_off": cut_off,
         "midtrain_tokens_seen": tokens_seen,
-        "midtrain_sample_seconds": round(sample_seconds, 2),
+        "midtrain_sample_seconds": round(sample_seconds, 2),  # background answers + anchors
+        "midtrain_anchor_seconds": round(anchor_seconds, 2),
         "midtrain_train_seconds": round(train_seconds, 2),
     }
