@@ -95,8 +95,9 @@ def shared_prompt_logprobs(
     The prompt part is every column before the last one ahead of the first completion token: its
     keys and values are computed for the U distinct rows, copied to the B rows (an index, so
     grads flow back into the one prompt pass), and the B rows continue from the last prompt
-    token, in `chunks` groups of rows of similar answer length. A sandbox OPD batch holds 16 prompts x 4 answers of ~27 tokens after prompts of
-    ~100-250: the prompts were most of the scoring and update work.
+    token, in `chunks` groups of rows of similar answer length. A sandbox OPD batch holds 16
+    prompts x 4 answers of ~27 tokens after prompts of ~100-250: the prompts were most of the
+    scoring and update work, and the answers' padding most of the rest.
     """
     scored_T = completion_mask_B_T.bool().any(0)
     if not scored_T.any():
