@@ -184,15 +184,19 @@ def test_sample_from_draws_from_the_tempered_softmax():
     assert greedy_B.tolist() == [0, 0, 0] and zero_B.abs().sum() == 0
 
 
-def test_decode_stops_each_row_at_its_stop_token_and_pads_after(tiny):
-    out, tok = tiny
-    model = _lora(out)
-    enc = tok(
+def _encoded_prompts(tok):  # noqa: ANN001, ANN202 - PROMPTS left-padded, as decode takes them
+    return tok(
         [chat_prompt(tok, m) for m in PROMPTS],
         return_tensors="pt",
         padding=True,
         add_special_tokens=False,
     )
+
+
+def test_decode_stops_each_row_at_its_stop_token_and_pads_after(tiny):
+    out, tok = tiny
+    model = _lora(out)
+    enc = _encoded_prompts(tok)
     stops = stop_token_ids(tok)
     torch.manual_seed(3)
     new_B_N, logprobs_B_N = decode(
@@ -211,12 +215,7 @@ def test_decode_drops_finished_rows_without_changing_the_others(tiny):
     the same batch decoded with no stop token, cut at its first stop and padded after."""
     out, tok = tiny
     model = _lora(out)
-    enc = tok(
-        [chat_prompt(tok, m) for m in PROMPTS],
-        return_tensors="pt",
-        padding=True,
-        add_special_tokens=False,
-    )
+    enc = _encoded_prompts(tok)
     ids, mask, pad = enc["input_ids"], enc["attention_mask"], tok.pad_token_id
     full_B_N, _ = decode(model, ids, mask, 16, [], pad)
     stops = sorted({int(full_B_N[0, 2]), int(full_B_N[1 % len(PROMPTS), 5])})
