@@ -120,21 +120,21 @@ function evalRow(item) {
   const save = async () => {
     try {
       await sendJSON("PATCH", `/admin/evals/${item.id}`, { question: question.value, answer: answer.value });
-      showStatus(`Eval item ${item.id} saved.`, "ok");
+      await listedThen(`Eval item ${item.id} saved.`);
     } catch (error) {
       showError(error);
+      await refreshEvals().catch(showError);
     }
-    await refreshEvals().catch(showError);
   };
   const remove = async () => {
     if (!confirm(`Delete eval item ${item.id}?`)) return;
     try {
       await sendJSON("DELETE", `/admin/evals/${item.id}`);
-      showStatus(`Eval item ${item.id} deleted.`, "ok");
+      await listedThen(`Eval item ${item.id} deleted.`);
     } catch (error) {
       showError(error);
+      await refreshEvals().catch(showError);
     }
-    await refreshEvals().catch(showError);
   };
   return el(
     "tr",
@@ -160,6 +160,13 @@ async function refreshEvals() {
   );
 }
 
+// The status line reports a change only once the list shows it: rows are rebuilt on refresh,
+// so an edit typed into a row before that would land in a row about to be replaced.
+async function listedThen(message) {
+  await refreshEvals();
+  showStatus(message, "ok");
+}
+
 document.getElementById("eval-add").addEventListener("submit", async (event) => {
   event.preventDefault();
   const value = (id) => document.getElementById(id).value;
@@ -167,12 +174,12 @@ document.getElementById("eval-add").addEventListener("submit", async (event) => 
     const item = await postJSON("/admin/evals", {
       document_id: Number(value("eval-doc")), question: value("eval-question"), answer: value("eval-answer"),
     });
-    showStatus(`Eval item ${item.id} added.`, "ok");
     event.target.reset();
+    await listedThen(`Eval item ${item.id} added.`);
   } catch (error) {
     showError(error);
+    await refreshEvals().catch(showError);
   }
-  await refreshEvals().catch(showError);
 });
 
 async function refresh() {
