@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass
 
 from knowledge.settings import Settings
 from knowledge.store import KnowledgeStore
+from learner.evals.answer_cache import forget_base_answers
 from learner.evals.written import forget_items
 from learner.qa_pairs import forget_pairs
 from learner.registry import BASE, FORGET, Registry
@@ -66,6 +67,7 @@ def forget_document(
     deleted = store.delete_document(doc_id, deleted_by=actor)
     forget_pairs(settings, deleted.document_ids)  # the QA pairs written from it go too
     forget_items(registry.engine, deleted.document_ids)  # and its eval items
+    forget_base_answers(settings)  # and the base's answers that may quote it
     served = served_before
     if deleted.adapters:
         reason = f"trained on forgotten document {doc_id} (versions {deleted.document_ids})"

@@ -40,7 +40,8 @@ from learner.doc_questions import (
     eval_questions,
     teacher_writer,
 )
-from learner.evals.evaluate import evaluate_model
+from learner.evals.answer_cache import base_answers
+from learner.evals.evaluate import evaluate_cycle as _evaluate
 from learner.evals.qa import normalize
 from learner.evals.written import cycle_eval_sets
 from learner.failures import describe_failure, require_gpu
@@ -155,27 +156,6 @@ def notify_serving(settings: Settings) -> str:
         )
 
 
-def _evaluate(settings: Settings, model, tokenizer, sets, progress: bool, store) -> dict:  # noqa: ANN001
-    """Closed-book QA per set (majority baseline beside it), open-book QA (the store's company
-    chunks in the prompt), IFEval, known QA, cloze recall, in-context reading, interference."""
-    cfg = settings.learner.eval
-    top_k = settings.knowledge.top_k
-    return evaluate_model(
-        model,
-        tokenizer,
-        qa_file=sets.qa_file,
-        ifeval_file=sets.ifeval_file,
-        known_qa_file=sets.known_qa_file,
-        incontext_qa_file=sets.incontext_qa_file,
-        cloze_file=sets.cloze_file,
-        new_sets=sets.new_sets,
-        passages_for=lambda question: [hit.text for hit in store.retrieve(question, top_k)],
-        max_new_tokens=cfg.max_new_tokens,
-        batch_size=cfg.batch_size,
-        progress=progress,
-    )
-
-
 def run_cycle(
     settings: Settings, trigger: str = "manual", progress: bool = True, notify: bool = True
 ) -> CycleResult:
@@ -255,7 +235,10 @@ def _cycle(
                 run.metric({"stage": "write_evals", "new_sets": sorted(sets.new_sets)})
 
             with run.stage("evaluate_before"):
-                before = _evaluate(settings, model, tokenizer, sets, progress, store)
+                # the raw base's answers are kept between nights (only new prompts generated)
+                cache = base_answers(settings, student_path, device)
+                fresh = cache if start == BASE else None  # the trained adapter is still zero
+                before = _evaluate(settings, model, tokenizer, sets, progress, store, fresh)
                 if start == BASE:
                     base = before
                     if served_dir is not None:  # a rebuild: the gate compares with the served
@@ -266,7 +249,8 @@ def _cycle(
                                 )
                 else:
                     with model.disable_adapter():
-                        base = _evaluate(settings, model, tokenizer, sets, progress, store)
+                        base = _evaluate(settings, model, tokenizer, sets, progress, store, cache)
+                cache.save()
                 run.metric({"stage": "evaluate_before", "served": before, "base": base})
 
             ranks = settings.learner.distributed.processes  # learner/data_parallel.py when > 1

@@ -155,6 +155,10 @@ def test_night_two_distills_from_night_one(sandbox_test, tmp_path):
             assert "qa_day1" in result.after and "qa_day2" in result.after
             assert result.after["n_qa_new"] == result.after["n_qa_day2"]
     assert names == ["previous (base)", "previous (v0001)"]
+    # the raw base's answers were kept for the next nights (learner/evals/answer_cache.py)
+    (cache_file,) = (settings.home / "cache" / "base-answers").glob("*.json")
+    kinds = {key.split("\x00")[0] for key in json.loads(cache_file.read_text())}
+    assert {"qa_closed_book", "ifeval", "known_qa", "incontext_qa"} <= kinds
 
 
 @pytest.mark.slow

@@ -17,6 +17,7 @@ from knowledge.settings import DistillConfig, ModelsConfig
 from knowledge.store import KnowledgeStore
 from learner.datasets import EvalSets, eval_sets, read_jsonl, sandbox_manifest
 from learner.doc_questions import doc_question_prompts, eval_questions, teacher_writer
+from learner.evals.answer_cache import base_answers
 from learner.evals.qa import normalize
 from learner.forgetting import forget_document
 from learner.modeling import load_causal_lm, load_tokenizer
@@ -110,8 +111,12 @@ def test_outside_the_sandbox_the_teacher_writes_pairs_once_per_document(sandbox_
     assert document_pairs(settings, store, documents, exclude, _never_called) == pairs
     cache = settings.home / "qa_pairs" / f"{documents[0].id}.jsonl"
     assert cache.exists()
+    answers = base_answers(settings, settings.home, torch.device("cpu"))
+    answers.answer("qa_open_book", 8, [f"passage of document {documents[0].id}"], lambda ps: ps)
+    answers.save()
     forget_document(settings, documents[0].id, store=store)
     assert not cache.exists()  # forgetting a document forgets the pairs written from it
+    assert not answers.path.exists()  # and the base's cached answers, which may quote it
 
 
 def test_background_pairs_are_the_sandbox_pretraining_qa_or_written_once(sandbox_test, day1_store):

@@ -28,6 +28,10 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from knowledge.prompting import grounded_user_message
+from knowledge.settings import Settings
+from knowledge.store import KnowledgeStore
+from learner.datasets import EvalSets
+from learner.evals.answer_cache import AnswerCache
 from learner.evals.ifeval import score_item
 from learner.evals.qa import interference, new_values, qa_correct, qa_report, set_of
 from learner.generation import Message, complete_texts, generate_texts
@@ -53,20 +57,24 @@ def _generate(
     max_new_tokens: int,
     batch_size: int,
     progress: bool,
+    cache: AnswerCache | None = None,
 ) -> list[str]:
-    conversations: list[list[Message]] = [[{"role": "user", "content": u}] for u in users]
-    bar = tqdm(total=len(conversations), desc=desc, disable=not progress, leave=False)
-    try:
-        return generate_texts(
-            model,
-            tokenizer,
-            conversations,
-            max_new_tokens=max_new_tokens,
-            batch_size=batch_size,
-            progress=bar,
-        )
-    finally:
-        bar.close()
+    def run(users: list[str]) -> list[str]:
+        conversations: list[list[Message]] = [[{"role": "user", "content": u}] for u in users]
+        bar = tqdm(total=len(conversations), desc=desc, disable=not progress, leave=False)
+        try:
+            return generate_texts(
+                model,
+                tokenizer,
+                conversations,
+                max_new_tokens=max_new_tokens,
+                batch_size=batch_size,
+                progress=bar,
+            )
+        finally:
+            bar.close()
+
+    return cache.answer(desc, max_new_tokens, users, run) if cache is not None else run(users)
 
 
 def evaluate_model(
@@ -84,6 +92,7 @@ def evaluate_model(
     batch_size: int = 32,
     limit: int | None = None,
     progress: bool = True,
+    answer_cache: AnswerCache | None = None,
 ) -> dict[str, float]:
     """Fractions in [0, 1] (and item counts `n_*`) for every file given.
 
@@ -92,8 +101,16 @@ def evaluate_model(
     (always present; 0 when the file is not given); qa_open_book (+ its blocks, prefix
     "qa_open_book") when `passages_for` is given with the QA file; known_qa, incontext_qa,
     cloze (+ per set) when those files are; interference and n_wrong_earlier with `new_sets`.
+
+    `answer_cache` (learner/evals/answer_cache.py): answers kept from earlier calls on the same
+    model; only the prompts not in it are generated (the cycle passes one for the raw base).
     """
-    gen = {"max_new_tokens": max_new_tokens, "batch_size": batch_size, "progress": progress}
+    gen = {
+        "max_new_tokens": max_new_tokens,
+        "batch_size": batch_size,
+        "progress": progress,
+        "cache": answer_cache,
+    }
     metrics: dict[str, float] = {}
     earlier_rows: list[dict[str, Any]] = []
     earlier_answers: list[str] = []
@@ -137,8 +154,15 @@ def evaluate_model(
         metrics["n_incontext_qa"] = float(len(rows))
     if cloze_file:
         rows = read_jsonl(cloze_file, limit)
-        completions = complete_texts(
-            model, tokenizer, [r["prompt"] for r in rows], CLOZE_NEW_TOKENS, batch_size
+
+        def complete(prefixes: list[str]) -> list[str]:
+            return complete_texts(model, tokenizer, prefixes, CLOZE_NEW_TOKENS, batch_size)
+
+        prefixes = [r["prompt"] for r in rows]
+        completions = (
+            answer_cache.answer("cloze", CLOZE_NEW_TOKENS, prefixes, complete)
+            if answer_cache is not None
+            else complete(prefixes)
         )
         metrics |= qa_report(rows, completions, "cloze", new_sets)
     if new_sets and qa_rows:
@@ -147,3 +171,34 @@ def evaluate_model(
         share, n_wrong = interference(earlier_rows, earlier_answers, introduced)
         metrics["interference"], metrics["n_wrong_earlier"] = share, float(n_wrong)
     return metrics
+
+
+def evaluate_cycle(
+    settings: Settings,
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    sets: EvalSets,
+    progress: bool,
+    store: KnowledgeStore,
+    cache: AnswerCache | None = None,
+) -> dict[str, float]:
+    """A cycle's evaluation (learner/pipeline.py): closed-book QA per set, open-book QA with the
+    store's company chunks in the prompt, IFEval, known QA, cloze, in-context reading,
+    interference; `cache` only where the model is the raw base."""
+    cfg = settings.learner.eval
+    top_k = settings.knowledge.top_k
+    return evaluate_model(
+        model,
+        tokenizer,
+        qa_file=sets.qa_file,
+        ifeval_file=sets.ifeval_file,
+        known_qa_file=sets.known_qa_file,
+        incontext_qa_file=sets.incontext_qa_file,
+        cloze_file=sets.cloze_file,
+        new_sets=sets.new_sets,
+        passages_for=lambda question: [hit.text for hit in store.retrieve(question, top_k)],
+        max_new_tokens=cfg.max_new_tokens,
+        batch_size=cfg.batch_size,
+        progress=progress,
+        answer_cache=cache,
+    )
