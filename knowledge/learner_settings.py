@@ -63,10 +63,8 @@ class MidtrainConfig(_Section):
     (a night learned once gets as much replay as the background, ~5x its size in the sandbox;
     measured: README "Thirteenth search"); "pooled": from all earlier material at once, each
     source in proportion to its size (a day learned once then lost 5-8 points the next night)."""
-    epochs: int = 5
-    """Passes over the night's material (replay and background drawn afresh for each). 5, with
-    70 OPD steps, keeps the demo sandbox's night under 5 minutes on 2 cores; 8 epochs and 100
-    steps learn 6-20 points more night-1 QA in about 390 s (README "The 5-minute cut")."""
+    epochs: int = 8
+    """Passes over the night's material (replay and background drawn afresh for each)."""
     lr: float = 3e-3
     """Peak AdamW learning rate: linear warmup, then cosine decay to a tenth of it."""
     seq_len: int = 256
@@ -109,10 +107,9 @@ class DistillConfig(_Section):
     """On-policy distillation (learner/distill.py): the student samples answers, the teacher
     scores every token, the update follows the per-token reverse KL."""
 
-    steps: int = 70
+    steps: int = 100
     """OPD optimizer steps per cycle (100 against 50: +2.5 points of known QA on night 1, README
-    "Sixth search"; the teacher knows the earlier facts mid-training blurred; 70 with 5
-    mid-training epochs for the 5-minute night, README "The 5-minute cut")."""
+    "Sixth search"; the teacher knows the earlier facts mid-training blurred)."""
     prompts_per_step: int = 16
     """Prompts sampled per step."""
     group_size: int = 4
