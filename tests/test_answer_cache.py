@@ -10,7 +10,6 @@ from pathlib import Path
 
 import torch
 
-from learner.evals import answer_cache
 from learner.evals.answer_cache import AnswerCache
 from learner.evals.evaluate import evaluate_model
 from learner.modeling import load_causal_lm, load_tokenizer
@@ -36,15 +35,16 @@ def test_only_prompts_not_cached_are_generated_and_kept_on_disk(tmp_path: Path) 
     assert calls[-2:] == [["b"], ["b"]]
 
 
-def test_a_torn_file_starts_afresh_and_the_oldest_answers_go_first(
-    tmp_path: Path, monkeypatch
-) -> None:  # noqa: ANN001
+def test_a_torn_file_starts_afresh_and_only_what_a_run_asked_is_kept(tmp_path: Path) -> None:
     path = tmp_path / "c.json"
     path.write_text('{"qa\\u00008\\u0000a": "A", ')  # a write cut short
     cache = AnswerCache(path)
-    monkeypatch.setattr(answer_cache, "MAX_ENTRIES", 2)
-    cache.answer("qa", 8, ["x", "y", "z"], lambda ps: [p.upper() for p in ps])
+    cache.answer("qa", 8, ["x", "y"], lambda ps: [p.upper() for p in ps])
     cache.save()
+    assert json.loads(path.read_text()) == {"qa\x008\x00x": "X", "qa\x008\x00y": "Y"}
+    night2 = AnswerCache(path)
+    night2.answer("qa", 8, ["y", "z"], lambda ps: [p.upper() for p in ps])
+    night2.save()  # "x" was not asked this run: it goes, so the file stays one run in size
     assert list(json.loads(path.read_text()).values()) == ["Y", "Z"]
     assert [p.name for p in tmp_path.iterdir()] == ["c.json"]  # no temporary file left
 

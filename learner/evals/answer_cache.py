@@ -28,8 +28,6 @@ import torch
 
 from knowledge.settings import Settings
 
-MAX_ENTRIES = 100_000  # ~30 MB of JSON; the oldest answers go first
-
 
 class AnswerCache:
     """Answers by (kind, max_new_tokens, prompt), loaded from and saved to one JSON file."""
@@ -38,6 +36,7 @@ class AnswerCache:
         self.path = path
         self.hits = 0
         self.misses = 0
+        self._used: set[str] = set()  # what this run asked: all that `save` keeps
         try:
             self._answers: dict[str, str] = json.loads(path.read_text())
         except (FileNotFoundError, ValueError):  # none yet, or a torn file: start afresh
@@ -73,17 +72,17 @@ class AnswerCache:
                 self._answers[keys[i]] = text
         self.misses += len(missing)
         self.hits += len(prompts) - len(missing)
+        self._used.update(keys)
         return [self._answers[k] for k in keys]
 
     def save(self) -> None:
-        """Written whole to a temporary file and renamed: a crash leaves the old file or the new."""
-        extra = len(self._answers) - MAX_ENTRIES
-        if extra > 0:
-            for key in list(self._answers)[:extra]:
-                del self._answers[key]
+        """Keep the answers this run asked for, no others: the file stays one night's eval in
+        size (prompts no longer asked, e.g. open-book prompts whose passages changed, go).
+        Written whole to a temporary file and renamed: a crash leaves the old file or the new."""
+        kept = {key: text for key, text in self._answers.items() if key in self._used}
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_text(json.dumps(self._answers))
+        tmp.write_text(json.dumps(kept))
         os.replace(tmp, self.path)
 
 
