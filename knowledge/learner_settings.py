@@ -117,8 +117,9 @@ class DistillConfig(_Section):
     max_new_tokens: int = 64
     """Longest sampled answer, in tokens (the eval's length: an answer cut off sooner never
     teaches its ending, e.g. an end phrase)."""
-    temperature: float = 1.0
-    """Temperature the student samples its answers at."""
+    temperature: float = Field(1.0, gt=0)
+    """Temperature the student samples its answers at (the advantage and the importance ratio
+    use the student's own log-probs, at temperature 1, whatever this is)."""
     lr: float = 1e-3
     """AdamW learning rate (constant, as in the reference recipe)."""
     kl_coef: float = 1.0

@@ -59,20 +59,23 @@ def chat_prompt(tokenizer: PreTrainedTokenizerBase, messages: list[Message]) -> 
 def sample_from(logits_B_V: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
     """(token_B, logprob_B): the argmax (temperature 0, logprob 0) or one token drawn from
     softmax(logits / temperature) by inverting its CDF at a uniform draw, with the log-prob of
-    the drawn token under that distribution.
+    the drawn token under the model's own distribution, softmax(logits) (vLLM's raw log-probs):
+    OPD's advantage and importance ratio are about the model, whatever temperature drew the
+    sample (a lower one puts OPD on the states greedy decoding visits).
 
     The inverse CDF needs one uniform per row: `torch.multinomial` over the vocabulary cost 4 ms
     a step at batch 64 on this CPU (a fifth of OPD's sampling time), the inverse CDF 0.1 ms.
     """
     if temperature <= 0:
         return logits_B_V.argmax(-1), torch.zeros(logits_B_V.shape[0], device=logits_B_V.device)
-    logprobs_B_V = torch.log_softmax(logits_B_V.float() / temperature, -1)
-    cdf_B_V = logprobs_B_V.exp().cumsum(-1)
+    logits_B_V = logits_B_V.float()
+    cdf_B_V = torch.softmax(logits_B_V / temperature, -1).cumsum(-1)
     u_B_1 = torch.rand(cdf_B_V.shape[0], 1, device=cdf_B_V.device) * cdf_B_V[:, -1:]
     # right=True: the first index whose CDF exceeds u, so a zero-probability token is never drawn
     token_B = (
         torch.searchsorted(cdf_B_V, u_B_1, right=True).squeeze(1).clamp(max=cdf_B_V.shape[1] - 1)
     )
+    logprobs_B_V = torch.log_softmax(logits_B_V, -1)
     return token_B, logprobs_B_V.gather(-1, token_B.unsqueeze(1)).squeeze(1)
 
 

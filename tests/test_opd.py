@@ -74,11 +74,14 @@ def _student(out: Path, perturb: float = 0.0, seed: int = 0):
     return peft.eval()
 
 
-def test_sampler_logprobs_match_a_scoring_forward_pass(tiny):
+@pytest.mark.parametrize("temperature", [1.0, 0.6])
+def test_sampler_logprobs_match_a_scoring_forward_pass(tiny, temperature):
+    """At any sampling temperature the sampler returns the model's own log-probs (temperature 1),
+    the ones the update's forward pass computes: OPD's advantage and ratio are about the model."""
     out, tok = tiny
     model = _student(out, perturb=0.5)
     torch.manual_seed(0)
-    batch = LocalSampler(model, tok).sample(PROMPTS, n=3, temperature=1.0, max_tokens=12)
+    batch = LocalSampler(model, tok).sample(PROMPTS, n=3, temperature=temperature, max_tokens=12)
     with torch.no_grad():
         scored = sequence_logprobs(model, batch.sequences_B_T, batch.attention_mask_B_T)
     mask = batch.completion_mask_B_T
