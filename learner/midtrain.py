@@ -40,7 +40,7 @@ from learner.packing import (
     chat_example,
     document_example,
     n_label_tokens,
-    n_tokens,
+    n_rows,
     pack,
     pack_anchored,
 )
@@ -225,7 +225,9 @@ def main(
         )
 
     epochs = [epoch_examples() for _ in range(cfg.epochs)]
-    rows_per_epoch = [-(-n_tokens(examples) // cfg.seq_len) for examples in epochs]
+    # the rows the packer lays out (whole examples leave gaps: more than tokens / seq_len), so
+    # the learning-rate schedule and the progress bar end where training does
+    rows_per_epoch = [n_rows(examples, cfg.seq_len, seed + e) for e, examples in enumerate(epochs)]
     total_steps = sum(max(1, -(-rows // cfg.batch_size)) for rows in rows_per_epoch)
 
     params = [p for p in model.parameters() if p.requires_grad]

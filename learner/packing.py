@@ -104,6 +104,11 @@ def placement(order: list[Example], seq_len: int, open_rows: int = 8) -> list[li
     return done or [[]]
 
 
+def n_rows(examples: list[Example], seq_len: int, seed: int = 0) -> int:
+    """How many rows `pack(examples, seq_len, _, seed)` lays out (without building them)."""
+    return len(placement(_shuffled(examples, seed), seq_len))
+
+
 def pack(examples: list[Example], seq_len: int, pad_id: int, seed: int = 0) -> torch.Tensor:
     """Shuffle and pack whole examples into [N, 2, seq_len] (input ids, labels); see `placement`."""
     order = _shuffled(examples, seed)

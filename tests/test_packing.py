@@ -7,7 +7,7 @@ import random
 import torch
 
 from learner.losses import IGNORE
-from learner.packing import Example, pack, pack_anchored, placement
+from learner.packing import Example, n_rows, pack, pack_anchored, placement
 
 PAD = 0
 
@@ -42,6 +42,18 @@ def test_no_example_straddles_two_rows():
     assert torch.equal(rows[:, 0][trained], labels[trained])
     # first fit keeps padding low
     assert (rows[:, 0] == PAD).float().mean() < 0.1
+
+
+def test_n_rows_counts_the_rows_pack_lays_out():
+    """Mid-training sizes its learning-rate schedule and progress bar with `n_rows`: whole
+    examples leave gaps, so there are more rows than tokens / seq_len."""
+    rng = random.Random(2)
+    examples = [_chat(rng, rng.randint(5, 60), rng.randint(3, 60)) for _ in range(200)]
+    examples += [_doc(rng, rng.randint(20, 300)) for _ in range(20)]
+    tokens = sum(len(e.input_ids) for e in examples)
+    for seed in range(4):
+        rows = pack(examples, 128, PAD, seed=seed)
+        assert n_rows(examples, 128, seed) == rows.shape[0] > -(-tokens // 128)
 
 
 def test_a_long_document_is_cut_into_rows_and_a_long_chat_keeps_its_end():
