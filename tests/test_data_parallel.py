@@ -152,7 +152,10 @@ def test_two_processes_train_as_one(sandbox_test, start_adapter, tmp_path):
     )  # fmt: skip
     stats = launch(two, "distill", ranks, opd, tmp_path / "job", logged_two.append)
     assert stats["distill_teacher"] == "base"
-    assert all(r["reverse_kl"] > 0 for r in logged_one)  # the teacher does differ
+    # the teacher does differ (a sampled-token estimate of the reverse KL, either sign: about
+    # -0.03 here on near-greedy samples; the sampler's merged-LoRA rounding alone moves a
+    # log-prob by at most ~1e-3, tests/test_opd.py)
+    assert all(abs(r["reverse_kl"]) > 0.01 for r in logged_one)
     _assert_same_run(logged_one, logged_two, ("loss", "reverse_kl", "completion_tokens"))
     for key, value in _weights(single).items():
         torch.testing.assert_close(_weights(ranks)[key], value, rtol=1e-3, atol=1e-5)
