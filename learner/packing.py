@@ -151,8 +151,3 @@ def _rows(
 
 def n_label_tokens(examples: list[Example]) -> int:
     return sum(sum(1 for x in ex.labels if x != IGNORE) for ex in examples)
-
-
-def n_tokens(examples: list[Example]) -> int:
-    """All tokens (prompts included): what packing lays out in rows."""
-    return sum(len(ex.input_ids) for ex in examples)
