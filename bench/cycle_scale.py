@@ -66,7 +66,8 @@ def cycle_row(label: str, documents: int, settings: Settings) -> dict:
     row = {"label": label, "documents": documents, "seconds": result.seconds,
            "peak_mb": result.peak_rss_mb, "total": sum(result.seconds.values()),
            "qa_items": int(result.after.get("n_qa", 0)), "promoted": result.promoted}  # fmt: skip
-    print(f"{label}: {row['total']:.0f} s ({documents} documents)", flush=True)
+    stages = ", ".join(f"{s} {result.seconds.get(s, 0.0):.0f}" for s in STAGES)
+    print(f"{label}: {row['total']:.0f} s ({documents} documents; {stages})", flush=True)
     return row
 
 
